@@ -1,0 +1,168 @@
+"""`wan22bot` command line: run, generate, bench, check, fetch-rife.
+
+Errors meant for the user (bad config, bad photo, missing model) print one message and exit with
+a non-zero code; only bugs produce tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import Wan22Error
+
+EPILOG = """examples:
+  wan22bot generate examples/photo.jpg -o out.mp4        one video, timing table at the end
+  wan22bot generate photo.jpg --frames 81 --prompt "she smiles and waves" --seed 7
+  wan22bot check                                         is the config/model/GPU usable?
+  wan22bot run                                           the daemon (what systemd starts)
+  wan22bot bench --frames 25,49,81                       the seed's benchmark table
+
+The config file defaults to ./config.toml; without one, built-in defaults (the tiny model) apply.
+"""
+
+
+def _frames_arg(v: str) -> int:
+    from .config import check_frames
+
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frames must be a whole number, got {v!r}") from None
+    try:
+        check_frames(n)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return n
+
+
+def _seed_arg(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {v!r}") from None
+    if n < -1 or n >= 2**63:
+        raise argparse.ArgumentTypeError("seed must be between 0 and 2^63-1 (or -1 for random)")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wan22bot",
+        description="Turn photos into short videos with Wan 2.2 image-to-video (two passes: high-noise "
+                    "expert, then low-noise expert), from a watched folder, Discord or HTTP.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"wan22bot {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, default=None,
+                        help="TOML config file (default: ./config.toml if present, else built-in defaults)")
+
+    r = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    add_config(r)
+
+    g = sub.add_parser("generate", help="make one video from a photo, no daemon",
+                       description="Make one video from a photo and print the per-stage timing table. "
+                                   "Writes OUT.mp4 and OUT.json (settings, seed, versions, timings).")
+    g.add_argument("image", type=Path, help="the photo (JPEG, PNG, WebP, BMP, TIFF; first frame of a GIF)")
+    g.add_argument("-o", "--output", type=Path, default=None,
+                   help="the MP4 to write (default: <output folder>/<photo stem>.mp4)")
+    g.add_argument("--frames", type=_frames_arg, default=None, help="frame count, 4k+1 (25, 49, 81, up to 161)")
+    g.add_argument("--prompt", default=None, help="what should happen in the video")
+    g.add_argument("--seed", type=_seed_arg, default=None, help="noise seed (-1: random); same seed, same video")
+    g.add_argument("--preset", choices=["fast", "quality"], default=None,
+                   help="fast: 4 steps + LightX2V LoRA, CFG 1 (default); quality: 20 steps, CFG 3.5, no LoRA")
+    g.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    interp = g.add_mutually_exclusive_group()
+    interp.add_argument("--interpolate", dest="interpolate", action="store_true", default=None,
+                        help="double the frame rate with RIFE (16 -> 32 fps, 2N-1 frames)")
+    interp.add_argument("--no-interpolate", dest="interpolate", action="store_false")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config(g)
+
+    b = sub.add_parser("bench", help="time the generator over frame counts (the seed's benchmark table)")
+    b.add_argument("--frames", default="25,49,81", help="comma-separated frame counts (default 25,49,81)")
+    b.add_argument("--width", type=int, default=None)
+    b.add_argument("--height", type=int, default=None)
+    b.add_argument("--repeat", type=int, default=1, help="runs per frame count after one warm-up (median kept)")
+    b.add_argument("--json", type=Path, default=None, help="write the results here too")
+    b.add_argument("--image", type=Path, default=None, help="photo to use (default: the bundled sample)")
+    add_config(b)
+
+    c = sub.add_parser("check", help="validate config, model files, device and attention backends")
+    add_config(c)
+
+    f = sub.add_parser("fetch-rife", help="download trained RIFE weights (checked by sha256) to [interpolation] weights")
+    f.add_argument("--dest", type=Path, default=None, help="where to put flownet.pkl (default: the config's path)")
+    add_config(f)
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    # journald adds its own timestamps; a terminal user wants them.
+    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, datefmt="%H:%M:%S")
+    for noisy in ("diffusers", "transformers", "PIL", "asyncio", "discord", "apscheduler", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+    except Exception:
+        pass
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose)
+    try:
+        from .config import load_config
+
+        cfg = load_config(args.config, required=args.config is not None)
+        if args.command == "generate":
+            from .commands.generate import cmd_generate
+
+            return cmd_generate(cfg, args)
+        if args.command == "check":
+            from .commands.check import cmd_check
+
+            return cmd_check(cfg, args)
+        if args.command == "bench":
+            from .commands.bench import cmd_bench
+
+            return cmd_bench(cfg, args)
+        if args.command == "fetch-rife":
+            from .commands.fetch_rife import cmd_fetch_rife
+
+            return cmd_fetch_rife(cfg, args)
+        if args.command == "run":
+            from .daemon import run_daemon
+
+            return run_daemon(cfg)
+    except Wan22Error as exc:
+        print(f"wan22bot: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wan22bot: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2

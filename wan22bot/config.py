@@ -1,0 +1,295 @@
+"""The TOML configuration, validated into pydantic models at start.
+
+Every section forbids unknown keys so a typo ("setle_seconds") is an error naming the key instead
+of a silently ignored setting. `load_config` turns pydantic's errors into one `ConfigError` whose
+message names the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# The negative prompt the Wan 2.x reference code ships; used by the `quality` preset (CFG > 1).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "fp8"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    input: Path = Path("./input")
+    output: Path = Path("./output")
+    state: Path = Path("./state")
+    processed: Path | None = None  # default: <input>/processed
+    failed: Path | None = None  # default: <input>/failed
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.processed or self.input / "processed"
+
+    @property
+    def failed_dir(self) -> Path:
+        return self.failed or self.input / "failed"
+
+
+class ModelConfig(_Section):
+    kind: Literal["tiny", "wan2.2-i2v-a14b"] = "tiny"
+    # A Diffusers-format folder (transformer/, transformer_2/, text_encoder/, tokenizer/, vae/).
+    path: Path | None = None
+    # ComfyUI single files, used instead of the folder's components when given.
+    high_noise: Path | None = None
+    low_noise: Path | None = None
+    text_encoder: Path | None = None
+    vae: Path | None = None
+    lora_high: Path | None = None
+    lora_low: Path | None = None
+    lora_high_strength: float = Field(1.0, ge=-4.0, le=4.0)
+    lora_low_strength: float = Field(1.0, ge=-4.0, le=4.0)
+    device: str = "auto"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # Weight storage: bf16 as loaded, or fp8 (e4m3, per-row scales) after the LoRA is fused.
+    weights: Literal["bf16", "fp8"] = "bf16"
+    memory: Literal["auto", "resident", "swap", "offload"] = "auto"
+    reserve_vram_gb: float = Field(4.0, ge=0.0, le=1024.0)
+    attention_high: AttentionBackend = "auto"
+    attention_low: AttentionBackend = "auto"
+    compile: bool = False
+    # Load at daemon start, or lazily when the first job arrives.
+    load: Literal["start", "first-job"] = "start"
+    seed_weights: int = 0  # the tiny model's weight seed
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
+        if not ok:
+            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @model_validator(mode="after")
+    def _real_needs_weights(self) -> "ModelConfig":
+        if self.kind == "wan2.2-i2v-a14b":
+            singles = [self.high_noise, self.low_noise]
+            if self.path is None and not all(singles):
+                raise ValueError(
+                    "kind 'wan2.2-i2v-a14b' needs 'path' (a Diffusers-format folder) or both "
+                    "'high_noise' and 'low_noise' single files plus 'path' for the text encoder, "
+                    "tokenizer and VAE"
+                )
+        return self
+
+
+class GenerationConfig(_Section):
+    preset: Literal["fast", "quality"] = "fast"
+    # Portrait size; landscape photos get it swapped when orientation is "auto".
+    # None means the model's default (832x1216 for Wan 2.2, a small size for the tiny model).
+    width: int | None = None
+    height: int | None = None
+    orientation: Literal["auto", "fixed"] = "auto"
+    frames: int | None = None
+    fps: int = Field(16, ge=1, le=120)
+    # None means "take it from the preset".
+    steps: int | None = Field(None, ge=1, le=200)
+    switch_step: int | None = Field(None, ge=0, le=200)
+    cfg: float | None = Field(None, ge=0.0, le=30.0)
+    shift: float = Field(5.0, gt=0.0, le=100.0)
+    seed: int = Field(-1, ge=-1, le=2**63 - 1)  # -1: a new random seed per job
+    prompt: str = ""
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    max_sequence_length: int | None = Field(None, ge=1, le=512)
+    max_megapixels: float = Field(50.0, gt=0.0, le=1000.0)
+    max_file_mb: float = Field(64.0, gt=0.0, le=4096.0)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _mult16(cls, v: int | None) -> int | None:
+        if v is not None:
+            check_size(v)
+        return v
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, v: int | None) -> int | None:
+        if v is not None:
+            check_frames(v)
+        return v
+
+
+class InterpolationConfig(_Section):
+    enabled: bool = False
+    weights: Path = Path("./weights/rife/flownet.pkl")
+    batch: int = Field(8, ge=1, le=256)
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+
+class WatchConfig(_Section):
+    enabled: bool = True
+    settle_seconds: float = Field(2.0, ge=0.0, le=3600.0)
+    poll_seconds: float = Field(0.5, gt=0.0, le=60.0)
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
+
+
+class DiscordConfig(_Section):
+    enabled: bool = False
+    token_env: str = "WAN22BOT_DISCORD_TOKEN"
+    token_file: Path | None = None
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    guilds: list[int] = []  # where commands are synced; empty = global
+    allowed_guilds: list[int] = []  # empty = any
+    allowed_channels: list[int] = []  # empty = any
+    allowed_roles: list[int] = []  # empty = anyone
+    admin_roles: list[int] = []
+    allow_dms: bool = False
+    watch_channels: list[int] = []
+    respond_to_mentions: bool = False
+    max_queued_per_user: int = Field(3, ge=1, le=1000)
+    rate_limit_per_hour: int = Field(20, ge=1, le=100000)
+    edit_interval_seconds: float = Field(3.0, ge=0.5, le=600.0)
+
+    @field_validator("api_base", "gateway_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must be an http(s):// or ws(s):// URL")
+        return v
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8622, ge=0, le=65535)
+    token_env: str = "WAN22BOT_HTTP_TOKEN"
+    public_url: str | None = None
+    max_upload_mb: float = Field(64.0, gt=0.0, le=4096.0)
+
+
+class QueueConfig(_Section):
+    max_length: int = Field(100, ge=1, le=100000)
+    max_attempts: int = Field(3, ge=1, le=100)
+
+
+class SchedulerConfig(_Section):
+    retention_days: float = Field(30.0, ge=0.0)  # 0 = keep forever
+    disk_quota_gb: float = Field(0.0, ge=0.0)  # 0 = no quota
+    idle_unload_minutes: float = Field(0.0, ge=0.0)  # 0 = never unload
+    housekeeping_minutes: float = Field(60.0, gt=0.0)
+
+
+class Config(_Section):
+    paths: PathsConfig = PathsConfig()
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    interpolation: InterpolationConfig = InterpolationConfig()
+    watch: WatchConfig = WatchConfig()
+    discord: DiscordConfig = DiscordConfig()
+    http: HttpConfig = HttpConfig()
+    queue: QueueConfig = QueueConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    # Where the file came from, so relative paths resolve against it rather than the cwd.
+    source: Annotated[Path | None, Field(exclude=True)] = None
+
+
+def check_frames(n: int) -> None:
+    """Frame counts must be 4k+1 (the VAE packs 4 frames per latent after the first)."""
+    if n < 1 or n > 1001 or (n - 1) % 4 != 0:
+        lo = max(1, ((n - 1) // 4) * 4 + 1)
+        hi = lo + 4
+        if n < 1:
+            raise ValueError(f"frames must be 4k+1 and at least 1 (e.g. 25, 49, 81), got {n}")
+        if n > 1001:
+            raise ValueError(f"frames must be at most 1001, got {n}")
+        raise ValueError(f"frames must be 4k+1; {n} is not: the nearest valid counts are {lo} and {hi}")
+
+
+def check_size(v: int) -> None:
+    if v < 16 or v > 4096 or v % 16 != 0:
+        lo, hi = max(16, v // 16 * 16), (v // 16 + 1) * 16
+        raise ValueError(f"must be a multiple of 16 between 16 and 4096; nearest valid values are {lo} and {hi}")
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = _loc(err)
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            lines.append(f"  [{key}] unknown key (check the spelling; see config.toml in the README)")
+            continue
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        given = err.get("input")
+        shown = repr(given) if not isinstance(given, dict) else "(table)"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  [{key}] = {shown}: {msg}" if key else f"  {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) -> Config:
+    """Load and validate a TOML file. A missing default file gives the built-in defaults."""
+    if path is None:
+        path = Path("config.toml")
+        required = False
+    p = Path(path)
+    if not p.exists():
+        if required:
+            raise ConfigError(f"config file {p} does not exist (pass -c PATH, or create it from the README)")
+        cfg = Config()
+        return cfg
+    try:
+        raw = p.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    cfg = config_from_dict(data, str(p))
+    return resolve_paths(cfg, p.parent)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    """Relative paths in the file are relative to the file's folder, not the cwd (systemd starts in /)."""
+
+    def fix(v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        v = v.expanduser()
+        return v if v.is_absolute() else (base / v)
+
+    for section, keys in (
+        (cfg.paths, ("input", "output", "state", "processed", "failed")),
+        (cfg.model, ("path", "high_noise", "low_noise", "text_encoder", "vae", "lora_high", "lora_low")),
+        (cfg.interpolation, ("weights",)),
+        (cfg.discord, ("token_file",)),
+    ):
+        for k in keys:
+            object.__setattr__(section, k, fix(getattr(section, k)))
+    object.__setattr__(cfg, "source", base)
+    return cfg

@@ -1,0 +1,279 @@
+"""The two-pass Wan 2.2 image-to-video generator.
+
+It uses the components and helpers of diffusers' `WanImageToVideoPipeline` (prompt encoding, the
+conditioning latents, the video processor) but runs the denoising loop itself, so that:
+- pass 1 (steps [0, switch_step) on the high-noise expert) and pass 2 (the rest on the low-noise
+  expert) are each timed on their own, device-synchronised;
+- the sampler is ComfyUI's euler + "simple" schedule (see schedule.py), not diffusers' default;
+- progress and cancellation happen at every step boundary.
+Models load once and stay resident; `generate` may be called any number of times.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from ..config import ModelConfig
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory
+from ..images import fit_photo
+from .components import DTYPES, Components, load_components
+from .lora import LoraFile, apply_lora, read_lora
+from .schedule import make_scheduler
+from .timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("text_encode", "image_encode", "pass1", "pass2", "vae_decode")
+
+
+@dataclass
+class GenerationRequest:
+    image: Image.Image  # RGB; fitted (cover + center crop) to width x height here
+    width: int
+    height: int
+    frames: int
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 4
+    switch_step: int = 2
+    cfg: float = 1.0
+    shift: float = 5.0
+    seed: int = 0
+    lora: bool = True
+    max_sequence_length: int | None = None
+
+    def validate(self) -> None:
+        from ..config import check_frames, check_size
+
+        for key, v in (("width", self.width), ("height", self.height)):
+            try:
+                check_size(v)
+            except ValueError as exc:
+                raise InputError(f"{key} {v}: {exc}") from None
+        try:
+            check_frames(self.frames)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if not 0 <= self.switch_step <= self.steps:
+            raise InputError(f"switch_step must be between 0 and steps ({self.steps}), got {self.switch_step}")
+
+
+@dataclass
+class Progress:
+    stage: str  # one of STAGES, or "interpolate" / "encode" further down the line
+    step: int = 0  # steps done within this pass (1-based after a step), or 0
+    steps: int = 0  # steps in this pass
+    total_step: int = 0
+    total_steps: int = 0
+
+
+@dataclass
+class GenerationOutput:
+    frames: torch.Tensor  # uint8 (F, H, W, 3) on the engine's device
+    timings: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    width: int = 0
+    height: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device is '{name}' but no CUDA device is visible (install a CUDA build of torch, or set device = \"cpu\")")
+    return dev
+
+
+class TwoPassGenerator:
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        # bf16/fp16 matmuls on the CPU are slow and not what anyone benchmarks; CPU runs are fp32.
+        self.dtype = DTYPES[cfg.dtype] if self.device.type == "cuda" else torch.float32
+        self.components: Components | None = None
+        self.pipe = None
+        self.loras: dict[str, tuple[LoraFile, float]] = {}
+        self.lora_fused = False
+        self._lock = threading.Lock()  # one generation at a time per process
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def loaded(self) -> bool:
+        return self.pipe is not None
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        from diffusers import WanImageToVideoPipeline
+
+        comps = load_components(self.cfg, self.device, self.dtype)
+        for key, path, strength in (("transformer", self.cfg.lora_high, self.cfg.lora_high_strength),
+                                    ("transformer_2", self.cfg.lora_low, self.cfg.lora_low_strength)):
+            if path is not None:
+                self.loras[key] = (read_lora(path), strength)
+        comps.text_encoder.to(self.device, self.dtype)
+        comps.vae.to(self.device, self.dtype)
+        comps.transformer.to(self.device, self.dtype)
+        comps.transformer_2.to(self.device, self.dtype)
+        # LoRAs are fused in the compute dtype before anything (fp8, compile) looks at the weights.
+        self.components = comps
+        self._set_lora(True)
+        from .attention import apply_attention_backend
+
+        apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
+        apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device)
+        self.pipe = WanImageToVideoPipeline(
+            tokenizer=comps.tokenizer,
+            text_encoder=comps.text_encoder,
+            vae=comps.vae,
+            scheduler=make_scheduler(5.0),
+            transformer=comps.transformer,
+            transformer_2=comps.transformer_2,
+            boundary_ratio=0.9,
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        if self.cfg.compile:
+            comps.transformer.compile_repeated_blocks(fullgraph=True)
+            comps.transformer_2.compile_repeated_blocks(fullgraph=True)
+        log.info("model loaded: %s on %s (%s)", comps.description, self.device, str(self.dtype).removeprefix("torch."))
+
+    def unload(self) -> None:
+        self.pipe = None
+        self.components = None
+        self.lora_fused = False
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _set_lora(self, on: bool) -> None:
+        """Fuse (or take back out) the configured LoRAs. A no-op when none are configured."""
+        if on == self.lora_fused or not self.loras:
+            self.lora_fused = on and bool(self.loras)
+            return
+        sign = 1.0 if on else -1.0
+        assert self.components is not None
+        for key, (lora, strength) in self.loras.items():
+            n = apply_lora(getattr(self.components, key), lora, sign * strength)
+            log.info("%s LoRA %s (strength %g) %s %d modules of %s", "fused" if on else "removed",
+                     lora.path.name, strength, "into" if on else "from", n, key)
+        self.lora_fused = on
+
+    @property
+    def defaults(self) -> tuple[int, int, int]:
+        """(width, height, frames) the loaded model is made for."""
+        if self.components is None:
+            from .components import Components  # noqa: F401
+
+            if self.cfg.kind == "tiny":
+                from .tiny import TINY_FRAMES, TINY_HEIGHT, TINY_WIDTH
+
+                return TINY_WIDTH, TINY_HEIGHT, TINY_FRAMES
+            return 832, 1216, 81
+        c = self.components
+        return c.default_width, c.default_height, c.default_frames
+
+    # ---------------------------------------------------------------- generation
+    def generate(self, req: GenerationRequest, progress: ProgressFn | None = None,
+                 should_cancel: CancelFn | None = None) -> GenerationOutput:
+        req.validate()
+        with self._lock:
+            self.load()
+            try:
+                return self._generate(req, progress or (lambda p: None), should_cancel or (lambda: False))
+            except torch.OutOfMemoryError:
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(
+                    f"the GPU ran out of memory at {req.width}x{req.height}, {req.frames} frames; lower the "
+                    "frame count, or set model.memory = \"swap\" or model.weights = \"fp8\""
+                ) from None
+
+    @torch.no_grad()
+    def _generate(self, req: GenerationRequest, progress: ProgressFn, should_cancel: CancelFn) -> GenerationOutput:
+        pipe, comps, dev = self.pipe, self.components, self.device
+        assert pipe is not None and comps is not None
+        self._set_lora(req.lora)
+        timer = StageTimer(dev)
+        H, W, F = req.height, req.width, req.frames
+        cfg_on = req.cfg > 1.0
+        msl = req.max_sequence_length or comps.max_sequence_length
+
+        with timer.stage("text_encode"):
+            progress(Progress("text_encode"))
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt if cfg_on else None,
+                do_classifier_free_guidance=cfg_on,
+                max_sequence_length=msl,
+                device=dev,
+                dtype=self.dtype,
+            )
+
+        with timer.stage("image_encode"):
+            progress(Progress("image_encode"))
+            image = fit_photo(req.image, W, H)
+            pixels = pipe.video_processor.preprocess(image, height=H, width=W).to(dev, torch.float32)
+            # Noise is drawn on the CPU from the seed (as ComfyUI does), so a seed gives the same
+            # video on any device.
+            shape = (1, 16, (F - 1) // 4 + 1, H // 8, W // 8)
+            noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
+            latents, condition = pipe.prepare_latents(
+                pixels, 1, 16, H, W, F, torch.float32, dev, None, latents=noise.to(dev)
+            )
+            condition = condition.to(self.dtype)
+
+        scheduler = make_scheduler(req.shift)
+        scheduler.set_timesteps(req.steps, device=dev)
+        timesteps = scheduler.timesteps
+        passes = (
+            ("pass1", comps.transformer, range(0, req.switch_step)),
+            ("pass2", comps.transformer_2, range(req.switch_step, req.steps)),
+        )
+        for stage, model, indices in passes:
+            with timer.stage(stage):
+                for k, i in enumerate(indices):
+                    if should_cancel():
+                        raise Cancelled(f"cancelled before step {i + 1} of {req.steps}")
+                    t = timesteps[i]
+                    x = torch.cat([latents.to(self.dtype), condition], dim=1)
+                    v = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=prompt_embeds,
+                              return_dict=False)[0]
+                    if cfg_on:
+                        v_neg = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=negative_embeds,
+                                      return_dict=False)[0]
+                        v = v_neg + req.cfg * (v - v_neg)
+                    latents = scheduler.step(v.float(), t, latents, return_dict=False)[0]
+                    progress(Progress(stage, k + 1, len(indices), i + 1, req.steps))
+
+        if should_cancel():
+            raise Cancelled("cancelled before decoding")
+        with timer.stage("vae_decode"):
+            progress(Progress("vae_decode"))
+            frames = self.decode(latents)
+        return GenerationOutput(frames=frames, timings=dict(timer.seconds), seed=req.seed, width=W, height=H)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> uint8 frames (F, H, W, 3) on the device, rounded like the video processor."""
+        vae = self.components.vae  # type: ignore[union-attr]
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, z, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, z, 1, 1, 1)
+        lat = (latents.float() * std + mean).to(vae.dtype)
+        video = vae.decode(lat, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).contiguous()

@@ -1,0 +1,222 @@
+"""One job from photo to MP4 + sidecar: the part shared by `wan22bot generate` and the worker.
+
+photo -> checks -> settings (config defaults, preset, per-job options) -> TwoPassGenerator ->
+optional RIFE -> MP4 -> sidecar JSON. Blocking; the daemon calls it from its GPU thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import Config
+from .engine.generator import CancelFn, GenerationRequest, Progress, ProgressFn, TwoPassGenerator
+from .engine.presets import PRESETS
+from .errors import Cancelled, DiskFull, InputError, ModelError
+from .images import load_photo, target_size
+from .jobs import TIMING_KEYS, JobOptions, JobResult
+from .video import encode_mp4
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the video, after defaults, preset and per-job options are merged."""
+
+    preset: str
+    width: int
+    height: int
+    frames: int
+    fps: int
+    steps: int
+    switch_step: int
+    cfg: float
+    shift: float
+    seed: int
+    prompt: str
+    negative_prompt: str
+    lora: bool
+    interpolate: bool
+
+
+def new_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def resolve_settings(cfg: Config, options: JobOptions, photo_size: tuple[int, int],
+                     model_defaults: tuple[int, int, int]) -> Settings:
+    g = cfg.generation
+    preset_name = options.preset or g.preset
+    preset = PRESETS[preset_name]
+    dw, dh, dframes = model_defaults
+    width, height = target_size(*photo_size, g.width or dw, g.height or dh, g.orientation)
+    steps = options.steps or g.steps or preset.steps
+    switch = g.switch_step if g.switch_step is not None else preset.switch_step
+    if options.steps and g.switch_step is None:
+        switch = max(0, round(steps * preset.switch_step / preset.steps))
+    if switch > steps:
+        raise InputError(f"switch_step ({switch}) is larger than steps ({steps})")
+    seed = options.seed if options.seed is not None else g.seed
+    if seed is None or seed < 0:
+        seed = new_seed()
+    interpolate = options.interpolate if options.interpolate is not None else cfg.interpolation.enabled
+    return Settings(
+        preset=preset_name,
+        width=width,
+        height=height,
+        frames=options.frames or g.frames or dframes,
+        fps=g.fps,
+        steps=steps,
+        switch_step=switch,
+        cfg=g.cfg if g.cfg is not None else preset.cfg,
+        shift=g.shift,
+        seed=seed,
+        prompt=options.prompt if options.prompt is not None else g.prompt,
+        negative_prompt=options.negative_prompt if options.negative_prompt is not None else g.negative_prompt,
+        lora=preset.lora,
+        interpolate=interpolate,
+    )
+
+
+def versions(device: torch.device) -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    out = {
+        "wan22bot": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["cuda"] = torch.version.cuda or ""
+    return out
+
+
+class Renderer:
+    """Owns the resident generator (and RIFE) and turns a photo into an MP4 with its sidecar."""
+
+    def __init__(self, cfg: Config, generator: TwoPassGenerator | None = None):
+        self.cfg = cfg
+        self.generator = generator or TwoPassGenerator(cfg.model)
+        self._interpolator = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.generator.loaded
+
+    def load(self) -> float:
+        """Load the models (no-op when loaded); returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.generator.load()
+        return time.perf_counter() - t0
+
+    def unload(self) -> None:
+        self.generator.unload()
+        self._interpolator = None
+
+    def interpolator(self):
+        if self._interpolator is None:
+            from .interpolate import Interpolator
+
+            ic = self.cfg.interpolation
+            if not Path(ic.weights).is_file():
+                raise ModelError(f"interpolation needs RIFE weights at {ic.weights}; run `wan22bot fetch-rife` first")
+            interp = Interpolator(ic.weights, device=str(self.generator.device), dtype=ic.dtype, batch=ic.batch)
+            interp.load()
+            self._interpolator = interp
+        return self._interpolator
+
+    def render(self, photo: Path, name: str, output_dir: Path, options: JobOptions | None = None, *,
+               progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+               meta: dict[str, Any] | None = None, photo_name: str | None = None) -> JobResult:
+        options = options or JobOptions()
+        progress = progress or (lambda p: None)
+        load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
+        t_start = time.perf_counter()
+        g = self.cfg.generation
+        image = load_photo(photo, photo_name or Path(photo).name, max_megapixels=g.max_megapixels,
+                           max_bytes=int(g.max_file_mb * 2**20))
+        s = resolve_settings(self.cfg, options, image.size, self.generator.defaults)
+        interp = self.interpolator() if s.interpolate else None  # fail before 2 minutes of GPU work
+        out = self.generator.generate(
+            GenerationRequest(image=image, width=s.width, height=s.height, frames=s.frames, prompt=s.prompt,
+                              negative_prompt=s.negative_prompt, steps=s.steps, switch_step=s.switch_step,
+                              cfg=s.cfg, shift=s.shift, seed=s.seed, lora=s.lora),
+            progress, should_cancel)
+        timings = {k: 0.0 for k in TIMING_KEYS}
+        timings.update(out.timings)
+        frames, fps = out.frames, s.fps
+        if interp is not None:
+            if should_cancel and should_cancel():
+                raise Cancelled("cancelled before interpolation")
+            progress(Progress("interpolate"))
+            t0 = time.perf_counter()
+            frames = interp.double(frames)
+            if hasattr(frames, "device") and frames.device.type == "cuda":
+                torch.cuda.synchronize(frames.device)
+            timings["interpolate"] = time.perf_counter() - t0
+            fps = s.fps * 2
+        progress(Progress("encode"))
+        t0 = time.perf_counter()
+        arr = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+        output_dir = Path(output_dir)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DiskFull(f"cannot create the output folder {output_dir}: {exc.strerror}") from None
+        mp4 = output_dir / f"{name}.mp4"
+        size = encode_mp4(arr, mp4, fps)
+        timings["encode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        if load_seconds:
+            timings["model_load"] = load_seconds
+        result = JobResult(output=str(mp4), sidecar=str(output_dir / f"{name}.json"), timings=timings,
+                           frames=int(arr.shape[0]), fps=fps, width=s.width, height=s.height, seed=s.seed,
+                           bytes=size)
+        sidecar = {
+            "name": name,
+            "photo": photo_name or Path(photo).name,
+            "settings": asdict(s),
+            "seed": s.seed,
+            "frames": result.frames,
+            "fps": fps,
+            "duration_seconds": round(result.frames / fps, 4),
+            "model": self.generator.components.description if self.generator.components else self.cfg.model.kind,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "versions": versions(self.generator.device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(meta or {}),
+        }
+        try:
+            write_json_atomic(Path(result.sidecar), sidecar)
+        except DiskFull:
+            mp4.unlink(missing_ok=True)
+            raise
+        return result
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left to write {path.name} in {path.parent}") from None
+        raise
