@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from .daemon import run_daemon
 
-            return run_daemon(cfg)
+            cfg_path = args.config if args.config is not None else (Path("config.toml") if Path("config.toml").exists() else None)
+            return run_daemon(cfg, cfg_path)
     except Wan22Error as exc:
         print(f"wan22bot: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -23,7 +23,7 @@ Architecture (the published 4.25/4.26 checkpoints fit it; the parameter names ar
 final blend and the blend itself are kept in float32 even when the convolutions run in
 float16/bfloat16: a half-precision grid is off by up to ~0.3 px on a 1216 px frame.
 
-Frames are padded (bottom/right) to a multiple of 64 (``64 / scale`` for ``scale < 1``) and the
+Frames are zero-padded (bottom/right) to a multiple of 64 (``64 / scale`` for ``scale < 1``) and the
 result is cropped back, so any frame size works.
 """
 
@@ -212,7 +212,9 @@ class IFNet(nn.Module):
         h, w = x.shape[-2:]
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            # Zero padding, as the upstream inference code does; on odd-sized test clips it kept
+            # the right/bottom bands better than replicate or reflect padding.
+            x = F.pad(x, (0, pw, 0, ph))
         return x
 
     @staticmethod

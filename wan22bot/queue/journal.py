@@ -1,0 +1,254 @@
+"""The SQLite journal behind the queue. Synchronous; the asyncio front runs it on one thread.
+
+WAL mode with synchronous=FULL: a job acknowledged to a user survives a power cut, and readers (the
+status page) never wait for the writer. Every state change is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..jobs import JobResult, JobSpec, JobState
+from .models import Job
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    content_hash TEXT,
+    progress TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_hash ON jobs(content_hash, state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+COLUMNS = "seq, id, state, spec, created, started, finished, attempts, error, result, delivered, content_hash, progress"
+
+
+def _row_to_job(r: tuple[Any, ...]) -> Job:
+    seq, jid, state, spec, created, started, finished, attempts, error, result, delivered, chash, progress = r
+    return Job(
+        id=jid,
+        seq=seq,
+        state=JobState(state),
+        spec=JobSpec.model_validate_json(spec),
+        created=created,
+        started=started,
+        finished=finished,
+        attempts=attempts,
+        error=error,
+        result=JobResult.model_validate_json(result) if result else None,
+        delivered=bool(delivered),
+        content_hash=chash,
+        progress=json.loads(progress) if progress else {},
+    )
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _tx(self, fn):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+                self._db.execute("COMMIT")
+                return out
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ writes
+    def insert(self, spec: JobSpec, content_hash: str | None = None, job_id: str | None = None) -> Job:
+        jid = job_id or uuid.uuid4().hex[:12]
+        now = time.time()
+        lane = f"{spec.source}:{spec.user or ''}"
+
+        def tx(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO jobs (id, state, source, lane, spec, created, content_hash) VALUES (?,?,?,?,?,?,?)",
+                (jid, JobState.queued.value, spec.source, lane, spec.model_dump_json(), now, content_hash),
+            )
+            return cur.lastrowid
+
+        seq = self._tx(tx)
+        return Job(id=jid, seq=seq, state=JobState.queued, spec=spec, created=now, content_hash=content_hash)
+
+    def claim_next(self) -> Job | None:
+        """Mark the next job running and return it. Round-robin over lanes (source:user), FIFO within.
+
+        The lane served longest ago goes first (never-served lanes before all), so one Discord user
+        with ten photos queued cannot starve the watched folder.
+        """
+
+        def tx(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(
+                f"""
+                SELECT {COLUMNS} FROM jobs j WHERE j.state = 'queued'
+                ORDER BY (SELECT COALESCE(MAX(s.started), 0) FROM jobs s WHERE s.lane = j.lane AND s.started IS NOT NULL),
+                         j.seq
+                LIMIT 1
+                """
+            ).fetchone()
+            if row is None:
+                return None
+            job = _row_to_job(row)
+            now = time.time()
+            db.execute("UPDATE jobs SET state='running', started=?, attempts=attempts+1, progress=NULL WHERE id=?",
+                       (now, job.id))
+            job.state, job.started, job.attempts, job.progress = JobState.running, now, job.attempts + 1, {}
+            return job
+
+        return self._tx(tx)
+
+    def finish(self, job_id: str, state: JobState, *, error: str | None = None, result: JobResult | None = None) -> None:
+        self._q(
+            "UPDATE jobs SET state=?, finished=?, error=?, result=?, progress=NULL WHERE id=?",
+            (state.value, time.time(), error, result.model_dump_json() if result else None, job_id),
+        )
+
+    def requeue(self, job_id: str, *, count_attempt: bool) -> None:
+        """Back to the queue (shutdown checkpoint or crash recovery)."""
+        dec = "" if count_attempt else ", attempts = MAX(attempts - 1, 0)"
+        self._q(f"UPDATE jobs SET state='queued', progress=NULL {dec} WHERE id=?", (job_id,))
+
+    def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
+        """At start: jobs left 'running' by a crash go back to the queue, or fail after max_attempts."""
+
+        def tx(db: sqlite3.Connection):
+            rows = db.execute("SELECT id, attempts FROM jobs WHERE state='running'").fetchall()
+            requeued, failed = [], []
+            for jid, attempts in rows:
+                if attempts >= max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET state='failed', finished=?, error=? WHERE id=?",
+                        (time.time(), f"gave up after {attempts} attempts: the daemon stopped while running this "
+                                      "job each time (see the log for a crash or out-of-memory kill)", jid),
+                    )
+                    failed.append(jid)
+                else:
+                    db.execute("UPDATE jobs SET state='queued', progress=NULL WHERE id=?", (jid,))
+                    requeued.append(jid)
+            return requeued, failed
+
+        return self._tx(tx)
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._q("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))
+
+    def mark_delivered(self, job_id: str) -> None:
+        self._q("UPDATE jobs SET delivered=1 WHERE id=?", (job_id,))
+
+    def cancel_queued(self, job_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET state='cancelled', finished=?, error='cancelled' WHERE id=? AND state='queued'",
+                (time.time(), job_id),
+            )
+            return cur.rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        self._q("DELETE FROM jobs WHERE id=?", (job_id,))
+
+    # ------------------------------------------------------------------ reads
+    def get(self, job_id: str) -> Job | None:
+        rows = self._q(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def list(self, *, states: list[JobState] | None = None, source: str | None = None, user: str | None = None,
+             limit: int = 200) -> list[Job]:
+        where, args = [], []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += [s.value for s in states]
+        if source:
+            where.append("source = ?")
+            args.append(source)
+        if user is not None:
+            where.append("lane = ?")
+            args.append(f"{source or ''}:{user}" if source else user)
+        sql = f"SELECT {COLUMNS} FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY seq DESC LIMIT ?"
+        return [_row_to_job(r) for r in self._q(sql, (*args, limit))]
+
+    def queued_in_order(self) -> list[Job]:
+        """Queued jobs in the order claim_next would take them (for queue positions)."""
+        queued = [_row_to_job(r) for r in self._q(f"SELECT {COLUMNS} FROM jobs WHERE state='queued' ORDER BY seq")]
+        last = dict(self._q("SELECT lane, MAX(started) FROM jobs WHERE started IS NOT NULL GROUP BY lane"))
+        order: list[Job] = []
+        lanes: dict[str, list[Job]] = {}
+        for j in queued:
+            lanes.setdefault(j.lane, []).append(j)
+        clock = time.time()
+        while lanes:
+            lane = min(lanes, key=lambda ln: (last.get(ln) or 0.0, lanes[ln][0].seq))
+            order.append(lanes[lane].pop(0))
+            clock += 1.0
+            last[lane] = clock  # served now: goes to the back of the rotation
+            if not lanes[lane]:
+                del lanes[lane]
+        return order
+
+    def find_active_hash(self, content_hash: str, source: str) -> Job | None:
+        rows = self._q(
+            f"SELECT {COLUMNS} FROM jobs WHERE content_hash=? AND source=? AND state IN ('queued','running') LIMIT 1",
+            (content_hash, source),
+        )
+        return _row_to_job(rows[0]) if rows else None
+
+    def undelivered(self, source: str) -> list[Job]:
+        rows = self._q(
+            f"SELECT {COLUMNS} FROM jobs WHERE source=? AND delivered=0 AND state IN ('done','failed','cancelled') "
+            "ORDER BY seq",
+            (source,),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        for state, n in self._q("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            out[state] = n
+        return out
+
+    def finished_before(self, cutoff: float) -> list[Job]:
+        rows = self._q(f"SELECT {COLUMNS} FROM jobs WHERE finished IS NOT NULL AND finished < ? ORDER BY seq", (cutoff,))
+        return [_row_to_job(r) for r in rows]
+
+    def vacuum(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
