@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=1, help="runs per frame count after one warm-up (median kept)")
     b.add_argument("--json", type=Path, default=None, help="write the results here too")
     b.add_argument("--image", type=Path, default=None, help="photo to use (default: the bundled sample)")
+    b.add_argument("--random-weights", action="store_true",
+                   help="build the full-size A14B architecture with random weights on the GPU (timing only)")
+    b.add_argument("--baseline", action="store_true",
+                   help="first time stock diffusers expert forwards on the same inputs and print the ratio")
+    b.add_argument("--interpolate", action="store_true", default=None, help="include RIFE 16 -> 32 fps")
+    b.add_argument("--memory-cap-gib", type=float, default=None,
+                   help="cap this process's GPU memory (e.g. 32 to stand in for an RTX 5090)")
     add_config(b)
 
     c = sub.add_parser("check", help="validate config, model files, device and attention backends")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TwoPassGenerator:
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, components_factory=None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         # bf16/fp16 matmuls on the CPU are slow and not what anyone benchmarks; CPU runs are fp32.
@@ -108,6 +109,9 @@ class TwoPassGenerator:
         self.pipe = None
         self.loras: dict[str, tuple[LoraFile, float]] = {}
         self.lora_fused = False
+        self.components_factory = components_factory
+        self.memory_mode = "resident"
+        self.swaps: dict = {}
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -120,20 +124,52 @@ class TwoPassGenerator:
             return
         from diffusers import WanImageToVideoPipeline
 
-        comps = load_components(self.cfg, self.device, self.dtype)
+        from .attention import apply_attention_backend
+        from .fp8_linear import convert_to_fp8
+        from .memory import PinnedSwap, activation_bytes, choose_mode, module_bytes
+
+        t0 = time.perf_counter()
+        comps = (self.components_factory or load_components)(self.cfg, self.device, self.dtype)
         for key, path, strength in (("transformer", self.cfg.lora_high, self.cfg.lora_high_strength),
                                     ("transformer_2", self.cfg.lora_low, self.cfg.lora_low_strength)):
             if path is not None:
                 self.loras[key] = (read_lora(path), strength)
-        comps.text_encoder.to(self.device, self.dtype)
-        comps.vae.to(self.device, self.dtype)
-        comps.transformer.to(self.device, self.dtype)
-        comps.transformer_2.to(self.device, self.dtype)
-        # LoRAs are fused in the compute dtype before anything (fp8, compile) looks at the weights.
+        cuda = self.device.type == "cuda"
+        # Components may hold builders instead of modules, so a 32 GB card never has to hold two
+        # bf16 experts at once: each is built, fused, quantised and (in swap mode) parked in turn.
+        expert_bytes = (module_bytes(comps.transformer) if isinstance(comps.transformer, torch.nn.Module)
+                        else A14B_EXPERT_BYTES)
+        text_bytes = (module_bytes(comps.text_encoder) if isinstance(comps.text_encoder, torch.nn.Module)
+                      else A14B_TEXT_BYTES)
+        if self.cfg.weights == "fp8":
+            expert_bytes //= 2
+        free = torch.cuda.mem_get_info(self.device)[0] if cuda else 1 << 62
+        work = activation_bytes(comps.default_width, comps.default_height, comps.default_frames)
+        self.memory_mode = choose_mode(self.cfg.memory, free, self.cfg.reserve_vram_gb, expert_bytes,
+                                       text_bytes, work) if cuda else "resident"
+        self.swaps = {}
+        comps.text_encoder = cast_for_compute(_built(comps.text_encoder), self.dtype).to(self.device)
+        if self.memory_mode in ("swap", "offload"):
+            self.swaps["text_encoder"] = PinnedSwap(comps.text_encoder, self.device)
+        for key in ("transformer", "transformer_2"):
+            model = cast_for_compute(_built(getattr(comps, key)), self.dtype).to(self.device)
+            setattr(comps, key, model)
+            if key in self.loras:
+                lora, strength = self.loras[key]
+                n = apply_lora(model, lora, strength)
+                log.info("fused LoRA %s (strength %g) into %d modules of %s", lora.path.name, strength, n, key)
+            if self.cfg.weights == "fp8":
+                n = convert_to_fp8(model)
+                log.info("%s: %d linear layers stored in fp8", key, n)
+            if self.memory_mode == "swap":
+                self.swaps[key] = PinnedSwap(model, self.device)
+            elif self.memory_mode == "offload":
+                model.to("cpu")
+                model.enable_group_offload(onload_device=self.device, offload_type="block_level",
+                                           num_blocks_per_group=1, use_stream=True)
+        self.lora_fused = bool(self.loras)
+        comps.vae = cast_for_compute(comps.vae, self.dtype).to(self.device)
         self.components = comps
-        self._set_lora(True)
-        from .attention import apply_attention_backend
-
         apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
         apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device)
         self.pipe = WanImageToVideoPipeline(
@@ -147,13 +183,30 @@ class TwoPassGenerator:
         )
         self.pipe.set_progress_bar_config(disable=True)
         if self.cfg.compile:
+            from torch import _dynamo
+
+            # 25/49/81/161 frames each compile once; keep them all.
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             comps.transformer.compile_repeated_blocks(fullgraph=True)
             comps.transformer_2.compile_repeated_blocks(fullgraph=True)
-        log.info("model loaded: %s on %s (%s)", comps.description, self.device, str(self.dtype).removeprefix("torch."))
+        log.info("model loaded in %.1f s: %s on %s (%s, weights %s, memory %s)", time.perf_counter() - t0,
+                 comps.description, self.device, str(self.dtype).removeprefix("torch."), self.cfg.weights,
+                 self.memory_mode)
+
+    def _bring(self, key: str) -> float:
+        sw = self.swaps.get(key)
+        return sw.load() if sw else 0.0
+
+    def _drop(self, key: str) -> None:
+        sw = self.swaps.get(key)
+        if sw:
+            sw.evict()
 
     def unload(self) -> None:
         self.pipe = None
         self.components = None
+        self.swaps = {}
+        self.loras = {}
         self.lora_fused = False
         gc.collect()
         if self.device.type == "cuda":
@@ -164,6 +217,9 @@ class TwoPassGenerator:
         if on == self.lora_fused or not self.loras:
             self.lora_fused = on and bool(self.loras)
             return
+        if self.cfg.weights == "fp8":
+            raise InputError("this preset needs the LoRA taken out of the experts, which fp8 weights cannot do; "
+                             "use the preset the daemon was loaded for, or set model.weights = \"bf16\"")
         sign = 1.0 if on else -1.0
         assert self.components is not None
         for key, (lora, strength) in self.loras.items():
@@ -213,6 +269,8 @@ class TwoPassGenerator:
         cfg_on = req.cfg > 1.0
         msl = req.max_sequence_length or comps.max_sequence_length
 
+        with timer.stage("swap"):
+            self._bring("text_encoder")
         with timer.stage("text_encode"):
             progress(Progress("text_encode"))
             prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -224,6 +282,8 @@ class TwoPassGenerator:
                 dtype=self.dtype,
             )
 
+        with timer.stage("swap"):
+            self._drop("text_encoder")
         with timer.stage("image_encode"):
             progress(Progress("image_encode"))
             image = fit_photo(req.image, W, H)
@@ -241,10 +301,15 @@ class TwoPassGenerator:
         scheduler.set_timesteps(req.steps, device=dev)
         timesteps = scheduler.timesteps
         passes = (
-            ("pass1", comps.transformer, range(0, req.switch_step)),
-            ("pass2", comps.transformer_2, range(req.switch_step, req.steps)),
+            ("pass1", "transformer", comps.transformer, range(0, req.switch_step)),
+            ("pass2", "transformer_2", comps.transformer_2, range(req.switch_step, req.steps)),
         )
-        for stage, model, indices in passes:
+        for stage, key, model, indices in passes:
+            if len(indices) and self.swaps:
+                # one expert on the GPU at a time: the other one leaves before this one arrives
+                with timer.stage("swap"):
+                    self._drop("transformer_2" if key == "transformer" else "transformer")
+                    self._bring(key)
             with timer.stage(stage):
                 for k, i in enumerate(indices):
                     if should_cancel():
@@ -277,3 +342,26 @@ class TwoPassGenerator:
         video = vae.decode(lat, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
         video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).contiguous()
+
+
+A14B_EXPERT_BYTES = 14_289_000_000 * 2
+A14B_TEXT_BYTES = 6_730_000_000 * 2
+
+
+def _built(x):
+    """A component or a zero-argument builder of one."""
+    return x if isinstance(x, torch.nn.Module) else x()
+
+
+def cast_for_compute(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` but keep the modules diffusers marks as fp32-only (norms, time embedding)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    params = list(model.parameters())
+    if params and all(p.dtype == dtype for p in params):
+        return model
+    model.to(dtype)
+    if dtype != torch.float32 and keep:
+        for name, mod in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                mod.float()
+    return model

@@ -1,0 +1,235 @@
+"""Per-forward speed levers on one full-size A14B expert (random weights, timing only).
+
+Builds one Wan 2.2 I2V expert at full size on the GPU, then for each frame count times one expert
+forward (= one sampling step at CFG 1) for each variant, and checks each variant's output against
+the stock diffusers bf16 forward on the same inputs (relative error ||out - ref|| / ||ref||).
+
+Variants (each kept only if it runs here):
+  stock           diffusers as shipped: default processor, SDPA (PyTorch picks the kernel)
+  cudnn           SDPA forced to cuDNN
+  flash           SDPA forced to flash
+  sage            SageAttention (1.x from the registry) as the self-attention core
+  fp8attn         cuDNN FP8 attention as the self-attention core (Hopper)
+  compile         regional torch.compile of the 40 blocks (stock attention)
+  fp8lin          fp8 linear layers (torch._scaled_mm, row-wise scales)
+  fp8lin+fp8attn  both
+  fp8lin+fp8attn+compile, fp8lin+compile
+Run: python -m wan22bot.bench.levers --frames 25,81 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+H, W = 1216, 832
+
+
+def tokens(frames: int, h: int = H, w: int = W) -> int:
+    return ((frames - 1) // 4 + 1) * (h // 16) * (w // 16)
+
+
+def flops(frames: int) -> dict[str, float]:
+    n = tokens(frames)
+    d, layers, ffn, text = 5120, 40, 13824, 512
+    linear = 2 * n * layers * (4 * d * d + 2 * d * ffn) + 2 * layers * (n * d * d * 2 + text * d * d * 2)
+    attn = 4 * n * n * d * layers + 4 * n * text * d * layers
+    return {"tokens": n, "linear_pflop": linear / 1e15, "attention_pflop": attn / 1e15}
+
+
+def make_inputs(frames: int, device, seed: int = 0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    lat = torch.randn(1, 36, (frames - 1) // 4 + 1, H // 8, W // 8, generator=g, device=device).to(torch.bfloat16)
+    ctx = (torch.randn(1, 512, 4096, generator=g, device=device) * 0.1).to(torch.bfloat16)
+    t = torch.tensor([937.5], device=device)
+    return lat, ctx, t
+
+
+def forward(model, inputs):
+    lat, ctx, t = inputs
+    with torch.no_grad():
+        return model(hidden_states=lat, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
+
+
+def time_forward(model, inputs, warmup: int, repeat: int) -> tuple[list[float], float, torch.Tensor]:
+    first = None
+    out = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        out = forward(model, inputs)
+        torch.cuda.synchronize()
+        if i == 0:
+            first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = forward(model, inputs)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1000)
+    return times, first or 0.0, out
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.float() - ref.float()).norm() / ref.float().norm())
+
+
+def set_stock(model) -> None:
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    model.reset_attention_backend() if hasattr(model, "reset_attention_backend") else None
+    for blk in model.blocks:
+        blk.attn1.set_processor(WanAttnProcessor())
+        blk.attn2.set_processor(WanAttnProcessor())
+
+
+def uncompile(model) -> None:
+    for blk in model.blocks:
+        blk._compiled_call_impl = None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", default="25,81")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat-large", type=int, default=2, help="timed runs for frame counts >= 49")
+    ap.add_argument("--variants", default="stock,cudnn,flash,sage,fp8attn,compile,fp8lin,fp8lin+fp8attn,"
+                                          "fp8lin+compile,fp8lin+fp8attn+compile")
+    ap.add_argument("--large-variants", default="stock,fp8attn,compile,fp8lin+fp8attn,fp8lin+fp8attn+compile",
+                    help="variants also timed at frame counts >= 49 (the rest only at the smaller counts)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 64
+    from ..engine.custom_attention import install_core
+    from ..engine.fp8_linear import convert_to_fp8
+    from ..engine.random_weights import random_expert
+
+    dev = torch.device("cuda")
+    frames_list = [int(f) for f in args.frames.split(",")]
+    wanted = args.variants.split(",")
+    large = set(args.large_variants.split(","))
+    results = {
+        "card": torch.cuda.get_device_name(dev),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "size": f"{W}x{H}",
+        "note": "random weights, timing only; one expert forward = one sampling step at CFG 1",
+        "flops": {f: flops(f) for f in frames_list},
+        "rows": [],
+    }
+    try:
+        import diffusers
+
+        results["diffusers"] = diffusers.__version__
+    except Exception:
+        pass
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+
+    t0 = time.perf_counter()
+    model = random_expert(dev, torch.bfloat16, seed=1)
+    results["build_seconds"] = time.perf_counter() - t0
+    print(f"built expert in {results['build_seconds']:.1f}s; {torch.cuda.memory_allocated() / 2**30:.1f} GiB", flush=True)
+    refs: dict[int, torch.Tensor] = {}
+    inputs = {f: make_inputs(f, dev) for f in frames_list}
+
+    def attention_core(name):
+        if name == "sage":
+            from sageattention import sageattn  # type: ignore
+
+            return lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+        if name == "fp8attn":
+            from ..engine.fp8_attention import fp8_sdpa
+
+            return fp8_sdpa
+        raise ValueError(name)
+
+    def configure(variant: str) -> None:
+        set_stock(model)
+        uncompile(model)
+        parts = variant.split("+")
+        if "cudnn" in parts:
+            model.set_attention_backend("_native_cudnn")
+        if "flash" in parts:
+            model.set_attention_backend("_native_flash")
+        for core in ("sage", "fp8attn"):
+            if core in parts:
+                install_core(model, attention_core(core))
+        if "compile" in parts:
+            model.compile_repeated_blocks(fullgraph=True)
+
+    def run(variant: str) -> None:
+        for f in frames_list:
+            if f >= 49 and variant not in large:
+                continue
+            rep = args.repeat_large if f >= 49 else args.repeat
+            try:
+                configure(variant)
+                times, first, out = time_forward(model, inputs[f], args.warmup, rep)
+                if variant == "stock":
+                    refs[f] = out.detach().clone()
+                row = {"variant": variant, "frames": f, "tokens": tokens(f), "median_s": statistics.median(times),
+                       "times_s": times, "first_call_s": first,
+                       "rel_err_vs_stock_bf16": rel_err(out, refs[f]) if f in refs else None,
+                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+                fl = results["flops"][f]
+                row["pflop_per_s"] = (fl["linear_pflop"] + fl["attention_pflop"]) / row["median_s"]
+                results["rows"].append(row)
+                stock = next((r for r in results["rows"] if r["variant"] == "stock" and r["frames"] == f), None)
+                ratio = stock["median_s"] / row["median_s"] if stock else float("nan")
+                print(f"{variant:28s} {f:4d} frames  {row['median_s']:7.3f} s  x{ratio:5.2f} vs stock  "
+                      f"err {row['rel_err_vs_stock_bf16']}  first {first:.1f}s", flush=True)
+            except Exception as exc:
+                results["rows"].append({"variant": variant, "frames": f, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"{variant:28s} {f:4d} frames  FAILED: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc(limit=3)
+            finally:
+                del_out = None  # noqa: F841
+                gc.collect()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            save()
+
+    bf16_variants = [v for v in wanted if "fp8lin" not in v]
+    fp8_variants = [v for v in wanted if "fp8lin" in v]
+    for v in bf16_variants:
+        run(v)
+    if fp8_variants:
+        set_stock(model)
+        uncompile(model)
+        n = convert_to_fp8(model)
+        print(f"converted {n} linear layers to fp8; {torch.cuda.memory_allocated() / 2**30:.1f} GiB", flush=True)
+        for v in fp8_variants:
+            run(v)
+    save()
+    print("\nvariant                      frames  median_s  x_vs_stock  rel_err")
+    for r in results["rows"]:
+        if "error" in r:
+            print(f"{r['variant']:28s} {r['frames']:5d}  ERROR {r['error'][:60]}")
+            continue
+        stock = next((x for x in results["rows"] if x["variant"] == "stock" and x["frames"] == r["frames"]
+                      and "error" not in x), None)
+        ratio = stock["median_s"] / r["median_s"] if stock else float("nan")
+        err = r["rel_err_vs_stock_bf16"]
+        print(f"{r['variant']:28s} {r['frames']:5d}  {r['median_s']:8.3f}  {ratio:9.2f}  "
+              f"{err if err is None else round(err, 4)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
