@@ -148,15 +148,17 @@ def main(argv=None) -> int:
     refs: dict[int, torch.Tensor] = {}
     inputs = {f: make_inputs(f, dev) for f in frames_list}
 
+    from ..engine.custom_attention import opaque_core
+
     def attention_core(name):
         if name == "sage":
             from sageattention import sageattn  # type: ignore
 
-            return lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+            return opaque_core("sage_sdpa", lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
         if name == "fp8attn":
             from ..engine.fp8_attention import fp8_sdpa
 
-            return fp8_sdpa
+            return opaque_core("fp8_sdpa", fp8_sdpa)
         raise ValueError(name)
 
     def configure(variant: str) -> None:

@@ -113,7 +113,6 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
             raise ConfigError("--random-weights builds the 14B architecture and needs a CUDA GPU")
         from ..engine.random_weights import random_components
 
-        cfg.model.kind = "wan2.2-i2v-a14b"
         factory = random_components
         label = " (random weights, timing only)"
     if getattr(args, "memory_cap_gib", None):

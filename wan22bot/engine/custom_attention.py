@@ -60,3 +60,27 @@ def install_core(model: torch.nn.Module, core: Core) -> int:
             attn.set_processor(CoreAttnProcessor(core))
             n += 1
     return n
+
+
+_OPAQUE: dict[str, Core] = {}
+
+
+def opaque_core(name: str, fn: Core) -> Core:
+    """Register `fn` as a torch custom op so torch.compile treats the kernel call as one opaque node.
+
+    Kernels launched from Python (cuDNN frontend graphs, Triton launchers of other packages) would
+    otherwise break a `fullgraph=True` compile of the blocks.
+    """
+    if name in _OPAQUE:
+        return _OPAQUE[name]
+
+    @torch.library.custom_op(f"wan22bot::{name}", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return fn(q, k, v).contiguous()
+
+    @op.register_fake
+    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(q)
+
+    _OPAQUE[name] = op
+    return op

@@ -23,7 +23,7 @@ def install(model: torch.nn.Module, device: torch.device) -> None:
     if major >= 2:
         model.set_attention_backend("sage")
         return
-    from .custom_attention import install_core
+    from .custom_attention import install_core, opaque_core
 
     from sageattention import sageattn  # type: ignore[import-not-found]
 
@@ -31,4 +31,4 @@ def install(model: torch.nn.Module, device: torch.device) -> None:
         # q, k, v: (B, S, H, D) as diffusers' Wan processor hands them over.
         return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
 
-    install_core(model, core)
+    install_core(model, opaque_core("sage_sdpa", core))

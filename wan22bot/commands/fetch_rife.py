@@ -1,0 +1,17 @@
+"""`wan22bot fetch-rife`: trained RIFE 4.25/4.26 weights, checked by sha256, where the config expects them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import Config
+
+
+def cmd_fetch_rife(cfg: Config, args: argparse.Namespace) -> int:
+    from ..interpolate import fetch_rife
+
+    dest = Path(args.dest) if args.dest else Path(cfg.interpolation.weights)
+    path = fetch_rife(dest)
+    print(f"RIFE weights ready at {path} (licence notice beside it)")
+    return 0

@@ -1,0 +1,512 @@
+"""The watched folder: photos dropped into `paths.input` become jobs; results sort the photo away.
+
+How a photo travels:
+
+1. Found by the watchdog observer (a thread; paths hop onto the loop with call_soon_threadsafe), by
+   the scan at start, or by the periodic rescan (a safety net for missed events, e.g. on network
+   shares). Only top-level regular files of the input folder whose extension is in
+   `watch.extensions` count; hidden files, partial downloads (`.part`, `.crdownload`, `.tmp`, ...),
+   companions and sub-folders (processed/, failed/) do not. A symlink counts only when it points
+   inside the input, processed or failed folder; others are ignored with a log line.
+2. Settles: it is taken only once its size and mtime (and those of its companions) have not
+   changed for `watch.settle_seconds`, checked every `watch.poll_seconds`.
+3. Checked: header probe (type, bytes, megapixels), a full decode (a truncated file fails here) and
+   the companions (`<photo>.txt`/`<stem>.txt` prompt, `<photo>.toml`/`<stem>.toml` options; see
+   sidecars.py). A photo that fails goes to the failed folder with `<photo>.error.txt`: no job.
+4. Queued with content-hash dedupe: the same photo dropped twice while the first is pending is one
+   job; dropped again after that job finished, it is a new one. While pending it stays where it is.
+   A full queue leaves it in place and it is retried when the queue moves.
+5. Delivered: on done the photo (and companions) move to the processed folder; on failed or
+   cancelled to the failed folder with the job's error in `<photo>.error.txt`. Nothing is ever
+   overwritten (`cat-2.jpg` on collision). Then the job is marked delivered; at start the jobs that
+   finished while the daemon was down are delivered first.
+
+All file work runs in threads; the event loop only keeps the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from ..config import Config
+from ..errors import ConfigError, InputError, Wan22Error
+from ..images import probe_photo
+from ..jobs import JobOptions, JobSpec
+from ..queue import Job, JobEvent, JobQueue, QueueFull
+from . import sidecars
+
+log = logging.getLogger(__name__)
+
+_FINAL = ("done", "failed", "cancelled")
+_FS_EVENTS = ("created", "modified", "moved", "closed")
+
+
+@dataclass
+class _Pending:
+    """A photo seen in the folder, waiting to settle (or for room in the queue)."""
+
+    sig: tuple | None = None
+    since: float = 0.0  # monotonic time `sig` was first seen
+    not_before: float = 0.0  # retry time after a full queue
+
+
+class _Forward(FileSystemEventHandler):
+    """Runs in the observer thread: hands each touched path to the loop and nothing else."""
+
+    def __init__(self, source: "FolderSource", loop: asyncio.AbstractEventLoop):
+        self.source = source
+        self.loop = loop
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in _FS_EVENTS:
+            return
+        path = os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path)
+        try:
+            self.loop.call_soon_threadsafe(self.source._fs_event, path)
+        except RuntimeError:  # the loop has closed: we are shutting down
+            pass
+
+
+class FolderSource:
+    name = "watch"
+
+    def __init__(self, cfg: Config, queue: JobQueue, *, rescan_seconds: float = 5.0, observe: bool = True):
+        self.queue = queue
+        self.rescan_seconds = rescan_seconds
+        self.observe = observe
+        self._pending: dict[str, _Pending] = {}
+        self._submitted: dict[str, str] = {}  # photo path -> job id (pending here, or its move failed)
+        self._job_photos: dict[str, list[str]] = {}  # job id -> photos waiting on it (dedupe adds more)
+        self._delivered: set[str] = set()
+        self._logged: set[tuple] = set()  # (path, reason) already logged, so rescans do not repeat it
+        self._full_logged = False
+        self._wake: asyncio.Event | None = None
+        self._rescan_now = True
+        self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._deliver_lock: asyncio.Lock | None = None
+        self._observer = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._known_inputs: set[Path] = set()
+        self._apply(cfg)
+
+    # ------------------------------------------------------------------ config
+    def _apply(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.input_dir = Path(cfg.paths.input).absolute()
+        self.processed_dir = Path(cfg.paths.processed_dir).absolute()
+        self.failed_dir = Path(cfg.paths.failed_dir).absolute()
+        self.extensions = sidecars.normalise_extensions(cfg.watch.extensions)
+        self.settle_seconds = cfg.watch.settle_seconds
+        self.poll_seconds = cfg.watch.poll_seconds
+        self.max_megapixels = cfg.generation.max_megapixels
+        self.max_bytes = int(cfg.generation.max_file_mb * 2**20)
+
+    def _resolve_dirs(self) -> None:
+        """Blocking: create the folders and pin their real paths (the safety checks compare these)."""
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        self._input_real = self.input_dir.resolve()
+        self._processed_real = self.processed_dir.resolve()
+        self._failed_real = self.failed_dir.resolve()
+        for what, d in (("paths.processed", self._processed_real), ("paths.failed", self._failed_real)):
+            if d == self._input_real:
+                raise ConfigError(f"{what} is the watched folder itself ({d}); point it at another folder")
+        self._known_inputs.add(self._input_real)
+
+    def reload(self, cfg: Config) -> None:
+        old_input = self.input_dir
+        self._apply(cfg)
+        log.info("watch: settings reloaded (settle %.1f s, extensions %s)", self.settle_seconds,
+                 " ".join(sorted(self.extensions)))
+        if self._loop is None:
+            return
+        self._rescan_now = True
+        if self.input_dir != old_input:
+            self._pending.clear()
+            self._spawn(self._restart_observer())
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _restart_observer(self) -> None:
+        await asyncio.to_thread(self._stop_observer)
+        await asyncio.to_thread(self._resolve_dirs)
+        await asyncio.to_thread(self._start_observer)
+        log.info("watch: now watching %s", self.input_dir)
+        self._rescan_now = True
+        if self._wake is not None:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._deliver_lock = asyncio.Lock()
+        await asyncio.to_thread(self._resolve_dirs)
+        self.queue.add_listener(self._on_event)
+        for job in await self.queue.undelivered(self.name):
+            await self._deliver(job)
+        await asyncio.to_thread(self._start_observer)  # before the first scan: nothing falls between
+        self._rescan_now = True
+        self._task = asyncio.create_task(self._run(), name="watch")
+        log.info("watch: watching %s (settle %.1f s)", self.input_dir, self.settle_seconds)
+
+    async def stop(self) -> None:
+        self.queue.remove_listener(self._on_event)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await asyncio.to_thread(self._stop_observer)
+        if self._tasks:  # deliveries in flight are short file moves: let them finish
+            await asyncio.wait(list(self._tasks), timeout=30)
+        self._loop = None
+
+    def _start_observer(self) -> None:
+        if not self.observe:
+            return
+        try:
+            obs = Observer()
+            obs.schedule(_Forward(self, self._loop), str(self.input_dir), recursive=False)
+            obs.daemon = True
+            obs.start()
+        except OSError as exc:
+            log.warning("watch: cannot observe %s (%s); relying on a rescan every %.0f s", self.input_dir,
+                        exc, self.rescan_seconds)
+            return
+        self._observer = obs
+
+    def _stop_observer(self) -> None:
+        obs, self._observer = self._observer, None
+        if obs is not None:
+            obs.stop()
+            obs.join(timeout=10)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("watch: background task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ discovery
+    def _fs_event(self, path: str) -> None:
+        """On the loop: the observer saw `path` change."""
+        p = Path(path)
+        if p.parent != self.input_dir:
+            return  # an event about a sub-folder's contents or another folder
+        self._consider(p)
+
+    def _consider(self, p: Path) -> None:
+        key = str(p)
+        if key in self._submitted or key in self._pending:
+            return
+        if sidecars.ignored_reason(p.name, self.extensions) is not None:
+            return
+        self._pending[key] = _Pending()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _scan(self) -> list[Path]:
+        """Blocking: the top-level photo candidates of the input folder."""
+        out = []
+        try:
+            entries = list(os.scandir(self.input_dir))
+        except FileNotFoundError:
+            self.input_dir.mkdir(parents=True, exist_ok=True)
+            return out
+        for e in entries:
+            reason = sidecars.ignored_reason(e.name, self.extensions)
+            if reason is not None:
+                if reason in ("a hidden file", "a partial download"):
+                    self._log_once(e.path, reason, logging.DEBUG, "watch: ignoring %s: %s", e.name, reason)
+                continue
+            try:
+                if e.is_dir():  # follows links: a link to a folder is no photo either
+                    continue
+            except OSError:
+                continue
+            out.append(Path(e.path))
+        return out
+
+    def _inside(self, real: Path) -> bool:
+        roots = (self._input_real, self._processed_real, self._failed_real)
+        return any(real == r or real.is_relative_to(r) for r in roots)
+
+    def _observe_file(self, p: Path) -> tuple | str | None:
+        """Blocking: the settle signature of a candidate, None when gone, or why it is refused."""
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                real = Path(os.path.realpath(p))
+                if not self._inside(real):
+                    return "outside"
+                st = os.stat(p)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return "notfile"
+        return (st.st_size, st.st_mtime_ns, sidecars.companion_signature(p))
+
+    def _log_once(self, path: str, reason: str, level: int, msg: str, *args) -> None:
+        if (path, reason) not in self._logged:
+            self._logged.add((path, reason))
+            log.log(level, msg, *args)
+
+    # ------------------------------------------------------------------ the loop
+    async def _run(self) -> None:
+        next_scan = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if self._rescan_now or now >= next_scan:
+                    self._rescan_now = False
+                    for p in await asyncio.to_thread(self._scan):
+                        self._consider(p)
+                    next_scan = time.monotonic() + self.rescan_seconds
+                if self._pending:
+                    await self._check_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watch: scanning %s failed; trying again", self.input_dir)
+            assert self._wake is not None
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _check_pending(self) -> None:
+        paths = list(self._pending)
+        sigs = await asyncio.to_thread(lambda: {k: self._observe_file(Path(k)) for k in paths})
+        now = time.monotonic()
+        ready = []
+        for key, sig in sigs.items():
+            pend = self._pending.get(key)
+            if pend is None:
+                continue
+            p = Path(key)
+            if sig is None or sig == "notfile" or p.parent != self.input_dir \
+                    or sidecars.ignored_reason(p.name, self.extensions) is not None:
+                del self._pending[key]
+                continue
+            if sig == "outside":
+                del self._pending[key]
+                self._log_once(key, "outside", logging.WARNING,
+                               "watch: ignoring %s: it is a link to a file outside the watched folders", p.name)
+                continue
+            if sig != pend.sig:
+                pend.sig, pend.since = sig, now
+            if now - pend.since >= self.settle_seconds and now >= pend.not_before:
+                ready.append(key)
+        ready.sort(key=lambda k: (sigs[k][1], k))  # oldest first
+        for i, key in enumerate(ready):
+            if key in self._pending and not await self._take(Path(key)):
+                # The queue is full: the others wait too, without being read again now.
+                for rest in ready[i + 1:]:
+                    if rest in self._pending:
+                        self._pending[rest].not_before = self._pending[key].not_before
+                break
+
+    # ------------------------------------------------------------------ submit
+    def _prepare(self, p: Path, sig: tuple) -> tuple[JobSpec, bytes] | None:
+        """Blocking: check the photo and its companions, read it. None when it changed meanwhile."""
+        probe_photo(p, p.name, max_megapixels=self.max_megapixels, max_bytes=self.max_bytes)
+        sidecars.decode_check(p, p.name)
+        options: JobOptions = sidecars.read_options(p)
+        data = p.read_bytes()
+        if self._observe_file(p) != sig:
+            return None
+        stem = Path(p.name).stem
+        spec = JobSpec(
+            source="watch",
+            input_path="",
+            original_name=p.name,
+            # The queue's safe_stem drops one extension; hand it the full name when the stem has a
+            # dot of its own, so "my.holiday.jpg" becomes my.holiday.mp4.
+            name=p.name if "." in stem else stem,
+            options=options,
+            user=None,
+            reply={"path": str(p)},
+        )
+        return spec, data
+
+    async def _take(self, p: Path) -> bool:
+        """Check and queue one settled photo. False only when the queue is full."""
+        key = str(p)
+        pend = self._pending[key]
+        try:
+            prepared = await asyncio.to_thread(self._prepare, p, pend.sig)
+        except InputError as exc:
+            self._pending.pop(key, None)
+            await self._fail_photo(p, str(exc))
+            return True
+        except FileNotFoundError:
+            self._pending.pop(key, None)
+            return True
+        except OSError as exc:
+            pend.not_before = time.monotonic() + self.rescan_seconds
+            self._log_once(key, "unreadable", logging.WARNING, "watch: cannot read %s yet (%s); trying again",
+                           p.name, exc.strerror or exc)
+            return True
+        if prepared is None:  # changed while being read: settle again
+            pend.sig = None
+            return True
+        spec, data = prepared
+        try:
+            job, created = await self.queue.submit(spec, data, dedupe=True)
+        except QueueFull as exc:
+            pend.not_before = time.monotonic() + max(self.rescan_seconds, self.poll_seconds)
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("watch: %s waits in the folder: %s", p.name, exc)
+            return False
+        except Wan22Error as exc:
+            pend.not_before = time.monotonic() + self.rescan_seconds
+            self._log_once(key, "submit", logging.ERROR, "watch: %s not queued (%s); trying again", p.name, exc)
+            return True
+        self._full_logged = False
+        self._pending.pop(key, None)
+        self._submitted[key] = job.id
+        self._job_photos.setdefault(job.id, [])
+        if key not in self._job_photos[job.id]:
+            self._job_photos[job.id].append(key)
+        if created:
+            log.info("job %s: %s queued from the watched folder", job.id, p.name)
+            return True
+        log.info("job %s: %s is the same photo as one already pending; it goes with that job", job.id, p.name)
+        # The job may have finished (and been delivered) while the submit ran: deliver this one too.
+        fresh = await self.queue.get(job.id)
+        if fresh is not None and fresh.state.final:
+            await self._deliver(fresh, force=True)
+        return True
+
+    async def _fail_photo(self, p: Path, reason: str) -> None:
+        try:
+            moved = await asyncio.to_thread(sidecars.move_group, p, self.failed_dir, self.extensions, reason)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("watch: %s could not be processed (%s) and could not be moved to %s: %s", p.name, reason,
+                      self.failed_dir, exc)
+            self._submitted[str(p)] = ""  # do not try it again in this run
+            return
+        log.warning("watch: %s -> %s: %s", p.name, _short(moved, self.failed_dir), sidecars.sentence(reason))
+
+    # ------------------------------------------------------------------ delivery
+    def _on_event(self, event: JobEvent) -> None:
+        job = event.job
+        if job.spec.source != self.name:
+            return
+        if event.kind in _FINAL:
+            self._spawn(self._deliver(job))
+        if event.kind in ("started", "cancelled", "done", "failed") and self._pending:
+            for pend in self._pending.values():  # room in the queue: retry photos that waited
+                pend.not_before = 0.0
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _deliver(self, job: Job, *, force: bool = False) -> None:
+        assert self._deliver_lock is not None
+        async with self._deliver_lock:
+            if job.id in self._delivered and not force:
+                return
+            state = job.state.value
+            if state not in _FINAL:
+                return
+            photos = []
+            reply = job.spec.reply.get("path")
+            if isinstance(reply, str) and reply:
+                photos.append(reply)
+            for extra in self._job_photos.get(job.id, []):
+                if extra not in photos:
+                    photos.append(extra)
+            if state == "done":
+                dest, error = self.processed_dir, None
+            elif state == "cancelled":
+                dest, error = self.failed_dir, "the job was cancelled before its video was made"
+            else:
+                dest = self.failed_dir
+                error = f"the video could not be made: {sidecars.one_line(job.error or 'unknown error')}"
+            ok = True
+            for key in photos:
+                p = Path(key)
+                try:
+                    moved = await asyncio.to_thread(self._move_if_there, p, dest, error, job.content_hash)
+                except _Replaced:
+                    log.info("job %s: %s was replaced by another photo meanwhile; that one is taken as new",
+                             job.id, p.name)
+                    self._release(key, job.id)
+                    if p.parent == self.input_dir:
+                        self._consider(p)
+                    continue
+                except _Outside:
+                    log.warning("job %s: %s is not in a watched folder; leaving it where it is", job.id, key)
+                    self._release(key, job.id)
+                    continue
+                except OSError as exc:
+                    ok = False
+                    log.error("job %s: %s could not be moved to %s: %s (it stays; the move is retried at the "
+                              "next start)", job.id, p.name, dest, exc)
+                    continue  # stays in _submitted so it is not queued again in this run
+                self._release(key, job.id)
+                if moved is None:
+                    log.info("job %s: %s, photo %s is no longer in the folder", job.id, state, p.name)
+                elif error is None:
+                    log.info("job %s: done -> %s; photo moved to %s", job.id,
+                             job.result.output if job.result else "?", _short(moved, dest))
+                else:
+                    log.warning("job %s: %s -> %s: %s", job.id, state, _short(moved, dest), sidecars.sentence(error))
+            if ok:
+                await self.queue.mark_delivered(job.id)
+                self._delivered.add(job.id)
+                self._job_photos.pop(job.id, None)
+
+    def _release(self, key: str, job_id: str) -> None:
+        if self._submitted.get(key) == job_id:
+            del self._submitted[key]
+
+    def _move_if_there(self, p: Path, dest: Path, error: str | None, content_hash: str | None) -> Path | None:
+        """Blocking: move a job's photo, only from a folder this source watches (the journal could be
+        old), and only if it still holds the bytes the job was made from."""
+        if not p.is_absolute() or p.parent.resolve() not in self._known_inputs:
+            raise _Outside(str(p))
+        if not os.path.lexists(p):
+            return None
+        if content_hash:
+            try:
+                with open(p, "rb") as f:
+                    now = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                now = content_hash  # unreadable (e.g. a dangling link): move it as it is
+            if now != content_hash:
+                raise _Replaced(str(p))
+        return sidecars.move_group(p, dest, self.extensions, error)
+
+
+class _Outside(Exception):
+    pass
+
+
+class _Replaced(Exception):
+    pass
+
+
+def _short(p: Path, base: Path) -> str:
+    return f"{base.name}/{p.name}"
