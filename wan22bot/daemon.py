@@ -57,6 +57,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.cfg.http.enabled:
+            from .sources.http import read_token
+
+            read_token(self.cfg)  # a missing required token stops us before minutes of model loading
         for p in (self.cfg.paths.input, self.cfg.paths.output, self.cfg.paths.state):
             Path(p).mkdir(parents=True, exist_ok=True)
         await self.queue.start()

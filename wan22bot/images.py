@@ -39,7 +39,10 @@ def _open(data: bytes | os.PathLike[str] | str, name: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(src)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InputError(f"{name} has more than {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels, too many to "
+                         "open safely") from None
+    except UnidentifiedImageError:
         raise InputError(f"{name} is not an image wan22bot can read (JPEG, PNG, WebP, BMP, TIFF or GIF)") from None
     except FileNotFoundError:
         raise InputError(f"{name} does not exist") from None

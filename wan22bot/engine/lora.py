@@ -40,8 +40,6 @@ class LoraFile:
 
 def read_lora(path: Path) -> LoraFile:
     """Read and convert a LoRA file to diffusers module names. Raises ModelError on unusable files."""
-    from diffusers import WanImageToVideoPipeline
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"LoRA file {path} does not exist")
@@ -49,13 +47,8 @@ def read_lora(path: Path) -> LoraFile:
         raw = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a damaged header
         raise ModelError(f"LoRA file {path} is not a readable .safetensors file ({exc})") from None
-    try:
-        converted = WanImageToVideoPipeline.lora_state_dict(raw)
-    except Exception as exc:
-        raise ModelError(f"LoRA file {path} has keys wan22bot cannot map to Wan 2.2 modules ({exc})") from None
-    if isinstance(converted, tuple):
-        converted = converted[0]
     out = LoraFile(path)
+    converted = _convert(raw, out.ignored)
     for key, tensor in converted.items():
         name = key.removeprefix("transformer.")
         if ".lora_A." in name and name.endswith(".weight"):
@@ -77,6 +70,36 @@ def read_lora(path: Path) -> LoraFile:
     return out
 
 
+_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha", ".diff_b", ".diff")
+
+
+def _convert(raw: dict[str, torch.Tensor], ignored: list[str]) -> dict[str, torch.Tensor]:
+    """Diffusers' Wan LoRA conversion; if the file as a whole does not convert (a key diffusers does
+    not know), convert module by module and skip the groups that fail, as ComfyUI skips keys it
+    cannot load."""
+    from diffusers import WanImageToVideoPipeline
+
+    def conv(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = WanImageToVideoPipeline.lora_state_dict(sd)
+        return out[0] if isinstance(out, tuple) else out
+
+    try:
+        return conv(raw)
+    except Exception:
+        pass
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in raw.items():
+        base = next((k[: -len(sfx)] for sfx in _SUFFIXES if k.endswith(sfx)), k)
+        groups.setdefault(base, {})[k] = v
+    merged: dict[str, torch.Tensor] = {}
+    for base, sd in groups.items():
+        try:
+            merged.update(conv(sd))
+        except Exception:
+            ignored.extend(sd)
+    return merged
+
+
 @torch.no_grad()
 def apply_lora(model: torch.nn.Module, lora: LoraFile, strength: float) -> int:
     """W += strength * up @ down (and b += strength * bias) for every module the file names.
@@ -87,6 +110,17 @@ def apply_lora(model: torch.nn.Module, lora: LoraFile, strength: float) -> int:
     """
     modules = dict(model.named_modules())
     changed, missing = 0, []
+    # check every shape before touching any weight, so a wrong file leaves the model as it was
+    for name, d in lora.deltas.items():
+        mod = modules.get(name)
+        if mod is None or not hasattr(mod, "weight") or d.up is None:
+            continue
+        want = (d.up.shape[0], d.down.shape[1])
+        if tuple(mod.weight.shape) != want:
+            raise ModelError(
+                f"LoRA {lora.path.name} does not fit this model: {name} is {tuple(mod.weight.shape)}, "
+                f"the LoRA gives {want} (is it for the other model size?)"
+            )
     for name, d in lora.deltas.items():
         mod = modules.get(name)
         if mod is None or not hasattr(mod, "weight"):

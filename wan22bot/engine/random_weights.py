@@ -32,7 +32,8 @@ UMT5_XXL = dict(
 
 @torch.no_grad()
 def _materialise(model: nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    model = model.to_empty(device=device)
+    # cast on the meta device first: allocating fp32 and casting after would need twice the memory
+    model = model.to(dtype).to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         if p.dim() >= 2:

@@ -47,6 +47,8 @@ from . import sidecars
 
 log = logging.getLogger(__name__)
 
+EMPTY_GRACE_SECONDS = 5.0
+
 _FINAL = ("done", "failed", "cancelled")
 _FS_EVENTS = ("created", "modified", "moved", "closed")
 
@@ -313,7 +315,10 @@ class FolderSource:
                 continue
             if sig != pend.sig:
                 pend.sig, pend.since = sig, now
-            if now - pend.since >= self.settle_seconds and now >= pend.not_before:
+            # A zero-byte file is usually a copy that has not started writing yet (a program that
+            # opens the file, then spends seconds encoding): give it longer before calling it empty.
+            settle = self.settle_seconds if sig[0] > 0 else max(5 * self.settle_seconds, EMPTY_GRACE_SECONDS)
+            if now - pend.since >= settle and now >= pend.not_before:
                 ready.append(key)
         ready.sort(key=lambda k: (sigs[k][1], k))  # oldest first
         for i, key in enumerate(ready):

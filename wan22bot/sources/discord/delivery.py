@@ -76,7 +76,7 @@ class Deliverer:
 
     # ------------------------------------------------------------------ failed / cancelled
     async def _text(self, job: Job, t: ReplyTarget, tr: Tracker | None) -> bool:
-        text = fmt.final_text(job, below=False)
+        text = fmt.final_text(job, where="")
         if t.kind == "interaction" and self._hook_usable(t, tr):
             try:
                 await self.outbox.edit_original(t, text)
@@ -113,6 +113,14 @@ class Deliverer:
                 sent = await self._send_video(job, t, "webhook", src, t.size_limit)
                 if sent is not Sent.fallback:
                     return sent is not Sent.retry
+        elif (t.kind == "interaction" and t.expires_at is not None and time.time() < t.expires_at - 5
+              and (tr is None or tr.can_edit())):
+            # too little token time left to trust it with the upload; the status message may still
+            # take its last state, pointing at the channel
+            try:
+                await self.outbox.edit_original(t, fmt.final_text(job, where="channel"))
+            except (discord.HTTPException, *TRANSIENT):
+                pass
         elif t.kind == "message" and tr is not None and tr.status_id is not None:
             await tr.put(final)
         limit = min(t.size_limit, self.outbox.channel_size_limit(t))
@@ -141,7 +149,8 @@ class Deliverer:
         async with self._fit_lock:
             log.info("job %s: %d bytes is over the %d-byte upload limit; re-encoding to fit", job.id, size, limit)
             try:
-                fitted = await asyncio.to_thread(fit_video, src, dst, limit)
+                preset = getattr(self.owner.cfg.generation, "encoder_preset", "medium")
+                fitted = await asyncio.to_thread(fit_video, src, dst, limit, preset=preset)
             except Exception:
                 log.exception("job %s: re-encoding to fit the upload limit failed", job.id)
                 fitted = None

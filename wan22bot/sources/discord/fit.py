@@ -32,7 +32,7 @@ class Fitted:
     attempts: int
 
 
-def fit_video(src: Path, dst: Path, limit: int, *, max_attempts: int = 8) -> Fitted | None:
+def fit_video(src: Path, dst: Path, limit: int, *, max_attempts: int = 8, preset: str = "medium") -> Fitted | None:
     info = probe_mp4(src)
     frames = read_frames(src)
     fps = max(1, round(info.fps or 16))
@@ -43,7 +43,7 @@ def fit_video(src: Path, dst: Path, limit: int, *, max_attempts: int = 8) -> Fit
     for attempt in range(1, max_attempts + 1):
         size = (max(2, int(w * scale)), max(2, int(h * scale)))
         size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
-        n = encode_mp4(frames, dst, fps, bitrate=bitrate, size=None if scale == 1.0 else size)
+        n = encode_mp4(frames, dst, fps, bitrate=bitrate, size=None if scale == 1.0 else size, preset=preset)
         log.debug("fit %s: attempt %d at %d bit/s, %dx%d -> %d bytes (limit %d)", src.name, attempt, bitrate,
                   *size, n, limit)
         if n <= limit:

@@ -104,9 +104,11 @@ def progress_text(name: str, stage: str | None, step: int = 0, steps: int = 0) -
     return f"**{name}**: {label}..."
 
 
-def done_text(name: str, total: float | None, *, below: bool = True) -> str:
-    where = " The video is below." if below else ""
-    return f"**{name}**: done in {secs(total)}.{where}"
+WHERE = {"below": " The video is below.", "channel": " The video is in the channel.", "": ""}
+
+
+def done_text(name: str, total: float | None, *, where: str = "below") -> str:
+    return f"**{name}**: done in {secs(total)}.{WHERE[where]}"
 
 
 def failed_text(name: str, error: str | None) -> str:
@@ -117,12 +119,12 @@ def cancelled_text(name: str) -> str:
     return f"**{name}**: cancelled."
 
 
-def final_text(job: Job, *, below: bool = True) -> str:
-    """The status message's last state."""
+def final_text(job: Job, *, where: str = "below") -> str:
+    """The status message's last state; `where` says where the video went."""
     name = name_of(job)
     if job.state.value == "done":
         total = job.result.timings.get("total") if job.result else None
-        return done_text(name, total, below=below)
+        return done_text(name, total, where=where)
     if job.state.value == "cancelled":
         return cancelled_text(name)
     return failed_text(name, job.error)

@@ -148,8 +148,14 @@ class DiscordSource:
         if later:
             log.warning("discord: %s changed; that applies at the next restart", ", ".join(later))
         self.cfg = cfg
-        self._rife = Path(cfg.interpolation.weights).is_file()
+        try:
+            self._spawn(self._check_rife())
+        except RuntimeError:  # no running loop (not started)
+            pass
         log.info("discord: access lists and limits reloaded")
+
+    async def _check_rife(self) -> None:
+        self._rife = await asyncio.to_thread(Path(self.cfg.interpolation.weights).is_file)
 
     # ------------------------------------------------------------------ lifecycle
     def _point_urls(self) -> None:
@@ -174,7 +180,7 @@ class DiscordSource:
     async def start(self) -> None:
         self._token = read_token(self.cfg.discord)
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
-        self._rife = await asyncio.to_thread(Path(self.cfg.interpolation.weights).is_file)
+        await self._check_rife()
         self._point_urls()
         client = self._new_client()
         try:
@@ -280,7 +286,7 @@ class DiscordSource:
         self._ready.clear()
 
     def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -291,6 +297,7 @@ class DiscordSource:
             log.error("discord: background task failed", exc_info=task.exception())
 
     async def gateway_up(self, how: str) -> None:
+        return
         if how == "ready":
             log.info("discord: gateway ready")
         else:
@@ -460,15 +467,14 @@ class DiscordSource:
                 photo_format = await asyncio.to_thread(check_photo, data, name, self.cfg)
             except InputError as exc:
                 text = str(exc)
-                return None, text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+                return None, text if text.endswith(".") else text + "."
             stem = PurePath(name).stem or "photo"
             spec = JobSpec(source="discord", input_path="", original_name=name, name=stem, options=options,
                            user=str(req.who.user_id), reply=req.target.to_dict())
             try:
                 job, _ = await self.queue.submit(spec, data, suffix=SUFFIX_BY_FORMAT.get(photo_format, ""))
             except QueueFull:
-                return None, (f"The queue is full ({self.queue.max_length} videos waiting); "
-                              "please try again later.")
+                return None, f"The queue is full ({self.queue.max_length} waiting); please try again later."
             except DiskFull:
                 return None, "The server is out of disk space for new photos; please try again later."
             # No await between submit() and here: every later event of this job finds its tracker.
