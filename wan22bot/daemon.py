@@ -61,6 +61,9 @@ class Daemon:
             from .sources.http import read_token
 
             read_token(self.cfg)  # a missing required token stops us before minutes of model loading
+        if self.cfg.interpolation.enabled and not Path(self.cfg.interpolation.weights).is_file():
+            raise ConfigError(f"interpolation.enabled is on but {self.cfg.interpolation.weights} does not exist: "
+                              "run `wan22bot fetch-rife` first (or turn interpolation off)")
         for p in (self.cfg.paths.input, self.cfg.paths.output, self.cfg.paths.state):
             Path(p).mkdir(parents=True, exist_ok=True)
         await self.queue.start()

@@ -151,11 +151,11 @@ class Renderer:
         t_photo = time.perf_counter()
         image = load_photo(photo, photo_name or Path(photo).name, max_megapixels=g.max_megapixels,
                            max_bytes=int(g.max_file_mb * 2**20))
-        photo_seconds = time.perf_counter() - t_photo
-        load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
-        t_start = time.perf_counter() - photo_seconds
         s = resolve_settings(self.cfg, options, image.size, self.generator.defaults)
         interp = self.interpolator() if s.interpolate else None  # fail before 2 minutes of GPU work
+        before_load = time.perf_counter() - t_photo
+        load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
+        t_start = time.perf_counter() - before_load
         out = self.generator.generate(
             GenerationRequest(image=image, width=s.width, height=s.height, frames=s.frames, prompt=s.prompt,
                               negative_prompt=s.negative_prompt, steps=s.steps, switch_step=s.switch_step,

@@ -145,8 +145,9 @@ class TwoPassGenerator:
             expert_bytes //= 2
         free = torch.cuda.mem_get_info(self.device)[0] if cuda else 1 << 62
         work = activation_bytes(comps.default_width, comps.default_height, comps.default_frames)
-        self.memory_mode = choose_mode(self.cfg.memory, free, self.cfg.reserve_vram_gb, expert_bytes,
-                                       text_bytes, work) if cuda else "resident"
+        # On a CPU there is nothing to save, but an explicit mode still runs its code path (tests).
+        self.memory_mode = (choose_mode(self.cfg.memory, free, self.cfg.reserve_vram_gb, expert_bytes, text_bytes, work)
+                            if cuda or self.cfg.memory != "auto" else "resident")
         self.swaps = {}
         comps.text_encoder = cast_for_compute(_built(comps.text_encoder), self.dtype).to(self.device)
         if self.memory_mode in ("swap", "offload"):
@@ -166,7 +167,7 @@ class TwoPassGenerator:
             elif self.memory_mode == "offload":
                 model.to("cpu")
                 model.enable_group_offload(onload_device=self.device, offload_type="block_level",
-                                           num_blocks_per_group=1, use_stream=True)
+                                           num_blocks_per_group=1, use_stream=cuda)
         self.lora_fused = bool(self.loras)
         comps.vae = cast_for_compute(comps.vae, self.dtype).to(self.device)
         self.components = comps
