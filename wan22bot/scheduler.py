@@ -44,7 +44,8 @@ def prune_outputs(output: Path, retention_days: float, quota_gb: float, now: flo
         for p in list(videos):
             if total <= limit:
                 break
-            total -= p.stat().st_size
+            side = p.with_suffix(".json")
+            total -= p.stat().st_size + (side.stat().st_size if side.exists() else 0)
             remove(p)
     return removed
 

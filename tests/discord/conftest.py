@@ -86,7 +86,6 @@ class Rig:
         self.queue: JobQueue | None = None
         self.worker: Worker | None = None
         self.bot: DiscordSource | None = None
-        self.bots: list[DiscordSource] = []
 
     def configure(self, *, generation: dict | None = None, http: dict | None = None, queue_length: int = 100,
                   fast_edits: float | None = None, **discord_kw: Any) -> Config:
@@ -133,9 +132,8 @@ class Rig:
         assert self.cfg is not None and self.queue is not None
         bot = DiscordSource(self.cfg, self.queue, self.worker, guild_ready_timeout=0.1)
         await bot.start()
+        self.bot = bot  # stopped at teardown even if it never gets ready
         await bot.wait_ready(WAIT)
-        self.bot = bot
-        self.bots.append(bot)
         return bot
 
     async def stop_bot(self) -> None:

@@ -62,7 +62,8 @@ async def test_cancel_own_job_and_others_only_as_admin(rig):
 
     # bob may not cancel alice's job
     text = await command(rig, "cancel", {"job": a1.id}, user=bob)
-    assert text == f"Job `{a1.id}` belongs to someone else; only members with an admin role can cancel other people's videos."
+    assert text == (f"Job `{a1.id}` belongs to someone else; only members with an admin role can cancel "
+                    "other people's videos.")
     assert (await rig.queue.get(a1.id)).state == JobState.queued
 
     # alice cancels her own; her /animate answer shows it
@@ -118,3 +119,15 @@ async def test_commands_are_refused_where_the_bot_is_not_allowed(rig):
     for name in ("queue", "cancel", "status"):
         inter = await rig.fake.send_interaction(name, {})
         assert await rig.refusal_text(inter) == "This server is not on the bot's list of allowed servers."
+
+
+async def test_reload_applies_access_lists_and_limits(rig):
+    await rig.start(worker=False)
+    first = await rig.animate()
+    assert "queued" in (await rig.fake.wait_for("edit", timeout=WAIT, token=first.token))["content"]
+    new = rig.cfg.model_copy(deep=True)
+    object.__setattr__(new.discord, "allowed_guilds", [42])
+    rig.bot.reload(new)
+    second = await rig.animate(photo=rig.attachment(photo_png(1)))
+    assert await rig.refusal_text(second) == "This server is not on the bot's list of allowed servers."
+    assert len(await rig.jobs()) == 1

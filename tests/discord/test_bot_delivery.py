@@ -23,7 +23,8 @@ async def test_expired_token_sends_the_video_to_the_channel_with_a_mention(rig, 
     msg = await fake.wait_for(lambda e: e.kind == "channel_message" and e["files"], timeout=WAIT)
     assert msg["channel_id"] == fake.channel_id
     assert f"<@{fake.user['id']}>" in msg["content"]
-    assert [str(u) for u in msg["payload"]["allowed_mentions"]["users"]] == [fake.user["id"]]  # pings the user, nobody else
+    # it pings the user and nobody else
+    assert [str(u) for u in msg["payload"]["allowed_mentions"]["users"]] == [fake.user["id"]]
     assert mp4_info(msg["files"][0]["data"], tmp_path)[0] == 5
     fields = field_map(msg["embeds"][0])
     assert "Pass 1 (high noise)" in fields and "Pass 2 (low noise)" in fields

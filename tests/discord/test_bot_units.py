@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +68,8 @@ def test_embed_and_content_stay_inside_discord_limits():
 def test_status_texts():
     assert fmt.queued_text("cat.png", "j1", 1, 1) == "**cat.png** (job `j1`) is queued: next in line."
     assert fmt.queued_text("cat.png", "j1", 3, 7) == "**cat.png** (job `j1`) is queued: position 3 of 7."
-    assert fmt.progress_text("cat.png", "pass1", 1, 2) == "**cat.png**: Pass 1 (high noise), step 1/2 `██████░░░░░░`"
+    assert fmt.progress_text("cat.png", "pass1", 1, 2) == (
+        "**cat.png**: Pass 1 (high noise), step 1/2 `██████░░░░░░`")
     assert fmt.progress_text("cat.png", "pass2", 2, 2).startswith("**cat.png**: Pass 2 (low noise), step 2/2")
     assert fmt.progress_text("cat.png", "vae_decode") == "**cat.png**: Decoding the frames..."
     assert fmt.progress_text("cat.png", "interpolate") == "**cat.png**: Interpolating frames..."

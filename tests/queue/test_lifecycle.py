@@ -176,3 +176,15 @@ def test_acknowledged_job_survives_a_hard_exit(tmp_path):
     assert Path(acked["path"]).read_bytes() == data
     assert not any(p.name.endswith(".part") for p in (tmp_path / "state" / "spool").iterdir())
     assert os.path.samefile(job.spec.input_path, acked["path"])
+
+
+async def test_journal_is_wal_with_full_sync(q):
+    """What the durability above rests on: WAL (persistent in the file) and synchronous=FULL."""
+    import sqlite3
+
+    con = sqlite3.connect(str(q.state_dir / "jobs.sqlite"))
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
+    assert await q.run_db(q.journal._q, "PRAGMA synchronous") == [(2,)]  # 2 = FULL

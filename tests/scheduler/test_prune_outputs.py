@@ -92,10 +92,11 @@ def test_quota_removes_the_sidecar_with_its_video(tmp_path):
     now = time.time()
     out = tmp_path / "out"
     vids = [video(out, f"v{i}", age, now, size=1000, sidecar=200) for i, age in enumerate([3, 2, 1])]
-    removed = prune_outputs(out, retention_days=0, quota_gb=1300 / 2**30)
-    assert removed == vids[:2]
-    assert not (out / "v0.json").exists() and not (out / "v1.json").exists()
-    assert (out / "v2.mp4").exists() and (out / "v2.json").exists()
+    removed = prune_outputs(out, retention_days=0, quota_gb=2700 / 2**30)  # 3600 B in use
+    assert removed == vids[:1]
+    assert not (out / "v0.mp4").exists() and not (out / "v0.json").exists()
+    for name in ("v1", "v2"):
+        assert (out / f"{name}.mp4").exists() and (out / f"{name}.json").exists()
 
 
 def test_quota_under_the_limit_removes_nothing(tmp_path):

@@ -38,6 +38,9 @@ def intents_for(dc) -> discord.Intents:
 class BotClient(discord.Client):
     def __init__(self, source: "DiscordSource", *, intents: discord.Intents, fps: int,
                  guild_ready_timeout: float = 2.0):
+        # The bot never joins voice: skip discord.py's warnings about voice libraries at every start.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(intents=intents, guild_ready_timeout=guild_ready_timeout,
                          allowed_mentions=discord.AllowedMentions.none(), chunk_guilds_at_startup=False)
         self.source = source

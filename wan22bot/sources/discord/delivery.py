@@ -18,6 +18,7 @@ channel, no permission) and False when it should be tried again later (Discord 5
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -70,8 +71,8 @@ class Deliverer:
             src = Path(job.result.output)
             if await asyncio.to_thread(src.is_file):
                 return await self._video(job, t, tr, src)
-            job.error = "it finished, but its video file is no longer on the server"
-            job.state = JobState.failed
+            job = dataclasses.replace(job, state=JobState.failed,
+                                      error="it finished, but its video file is no longer on the server")
         return await self._text(job, t, tr)
 
     # ------------------------------------------------------------------ failed / cancelled

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-import aiohttp
 import discord
 import yarl
 from pydantic import ValidationError
@@ -149,9 +148,11 @@ class DiscordSource:
             log.warning("discord: %s changed; that applies at the next restart", ", ".join(later))
         self.cfg = cfg
         try:
-            self._spawn(self._check_rife())
-        except RuntimeError:  # no running loop (not started)
+            asyncio.get_running_loop()
+        except RuntimeError:  # not started: start() looks for the weights
             pass
+        else:
+            self._spawn(self._check_rife())
         log.info("discord: access lists and limits reloaded")
 
     async def _check_rife(self) -> None:
@@ -167,7 +168,9 @@ class DiscordSource:
 
     def _restore_urls(self) -> None:
         if self._saved_urls is not None:
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self._saved_urls  # type: ignore[misc]
+            base, gateway = self._saved_urls
+            discord.http.Route.BASE = base  # type: ignore[misc]
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
             self._saved_urls = None
 
     def _new_client(self) -> BotClient:
@@ -297,7 +300,6 @@ class DiscordSource:
             log.error("discord: background task failed", exc_info=task.exception())
 
     async def gateway_up(self, how: str) -> None:
-        return
         if how == "ready":
             log.info("discord: gateway ready")
         else:
