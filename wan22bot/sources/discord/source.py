@@ -545,13 +545,20 @@ class DiscordSource:
         if no is not None:
             await self._reply(message, no)
 
-    async def on_queue(self, inter: discord.Interaction) -> None:
+    async def _admit(self, inter: discord.Interaction):
+        """Access check, then a private defer: the requester, or None when refused (already answered)."""
         who = requester(inter.user, inter.guild_id, inter.channel, inter.channel_id)
         no = access.refusal(self.cfg.discord, who)
         if no is not None:
             await self._refuse_now(inter, no)
-            return
+            return None
         await inter.response.defer(ephemeral=True, thinking=True)
+        return who
+
+    async def on_queue(self, inter: discord.Interaction) -> None:
+        who = await self._admit(inter)
+        if who is None:
+            return
         jobs = await self.queue.list(states=ACTIVE, source=self.name, user=str(who.user_id), limit=50)
         positions = await self.queue.positions()
         counts = await self.queue.counts()
@@ -560,12 +567,9 @@ class DiscordSource:
 
     async def on_cancel(self, inter: discord.Interaction, job_id: str | None) -> None:
         dc = self.cfg.discord
-        who = requester(inter.user, inter.guild_id, inter.channel, inter.channel_id)
-        no = access.refusal(dc, who)
-        if no is not None:
-            await self._refuse_now(inter, no)
+        who = await self._admit(inter)
+        if who is None:
             return
-        await inter.response.defer(ephemeral=True, thinking=True)
         if job_id:
             job_id = job_id.strip().strip("`")
             job = await self.queue.get(job_id)
@@ -590,12 +594,9 @@ class DiscordSource:
         await self._say(inter, fmt.cancel_text(outcome, job, job.id))
 
     async def on_status(self, inter: discord.Interaction) -> None:
-        who = requester(inter.user, inter.guild_id, inter.channel, inter.channel_id)
-        no = access.refusal(self.cfg.discord, who)
-        if no is not None:
-            await self._refuse_now(inter, no)
+        who = await self._admit(inter)
+        if who is None:
             return
-        await inter.response.defer(ephemeral=True, thinking=True)
         await self._say(inter, fmt.status_text(await self._status_info()))
 
     async def _status_info(self) -> dict[str, Any]:
