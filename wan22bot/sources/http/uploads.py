@@ -1,0 +1,186 @@
+"""POST /api/jobs: the multipart body streamed with caps, the options validated, the photo checked, spooled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from ...config import Config
+from ...errors import DiskFull, InputError
+from ...images import probe_photo
+from ...jobs import JobOptions, JobSpec
+from ...queue import QueueFull
+from ...queue.jobqueue import safe_stem
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .server import HttpSource
+
+log = logging.getLogger("wan22bot.sources.http")
+
+OPTION_FIELDS = tuple(JobOptions.model_fields)  # prompt, negative_prompt, frames, seed, interpolate, preset, steps
+FIELD_LIMIT = 16 * 1024  # bytes for one text field (prompts are at most 2000 characters)
+SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                    "GIF": ".gif"}
+REJECT_REASONS = {400: "invalid", 413: "too_large", 415: "not_multipart", 503: "queue_full", 507: "disk_full"}
+
+
+def clean_filename(name: str | None, suffix: str) -> str:
+    """The upload's own file name, reduced to a printable base name; a default when there is none."""
+    # Browsers percent-encode '"', CR and LF in multipart file names; some clients encode more.
+    base = unquote(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
+    base = base[-200:]
+    if not base:
+        return f"photo{suffix}"
+    if "." not in base:
+        base += suffix
+    return base
+
+
+def options_error(exc: ValidationError, given: dict[str, str]) -> tuple[str, str]:
+    """The first problem in the options as (field, one human sentence naming the field)."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err.get("loc", ())) or "options"
+    kind = err.get("type", "")
+    msg = err.get("msg", "").removeprefix("Value error, ")
+    value = given.get(field)
+    shown = repr(value) if value is not None else ""
+    if kind == "extra_forbidden":
+        return field, f"unknown field {field!r}; allowed fields are photo, {', '.join(OPTION_FIELDS)}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return field, f"{field} must be a whole number, got {shown}"
+    if kind in ("bool_parsing", "bool_type"):
+        return field, f"{field} must be true or false, got {shown}"
+    if kind == "literal_error":
+        allowed = ", ".join(str(v) for v in err.get("ctx", {}).get("expected", "").replace("'", "").split(" or "))
+        return field, f"{field} must be one of {allowed}, got {shown}"
+    if kind == "greater_than_equal":
+        return field, f"{field} must be at least {err['ctx']['ge']}, got {shown}"
+    if kind == "less_than_equal":
+        return field, f"{field} must be at most {err['ctx']['le']}, got {shown}"
+    if kind == "string_too_long":
+        return field, f"{field} is too long: at most {err['ctx']['max_length']} characters"
+    if msg.startswith(field):
+        return field, msg
+    return field, f"{field} {shown}: {msg}" if shown else f"{field}: {msg}"
+
+
+def upload_cap(cfg: Config) -> tuple[int, str]:
+    """(bytes, the setting that limits them)."""
+    http_cap = int(cfg.http.max_upload_mb * 2**20)
+    gen_cap = int(cfg.generation.max_file_mb * 2**20)
+    return (http_cap, "http.max_upload_mb") if http_cap <= gen_cap else (gen_cap, "generation.max_file_mb")
+
+
+class Uploads:
+    """The POST /api/jobs handler; reads the source's current config and queue at each request."""
+
+    def __init__(self, src: HttpSource):
+        self.src = src
+
+    async def post_job(self, request: web.Request) -> web.Response:
+        try:
+            return await self._accept(request)
+        except RequestError as exc:
+            self.src.metrics.uploads_rejected.labels(reason=REJECT_REASONS.get(exc.status, str(exc.status))).inc()
+            raise
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        src = self.src
+        cap, cap_key = upload_cap(src.cfg)
+        too_large = RequestError(413, f"the photo is larger than the upload limit of {cap / 2**20:g} MiB "
+                                      f"({cap_key})", field="photo")
+        if request.content_type != "multipart/form-data":
+            raise RequestError(415, "send the photo as multipart/form-data with the image in the field 'photo' "
+                                    f"(got content type {request.content_type or 'none'!r})")
+        if request.content_length is not None and request.content_length > cap + FIELD_LIMIT * 8:
+            raise too_large
+        photo, filename, fields = await read_form(request, cap, too_large)
+        if photo is None:
+            raise RequestError(400, "the request has no 'photo' field; send the image as a file in the "
+                                    "multipart field 'photo'", field="photo")
+
+        given = {k: v.strip() for k, v in fields.items() if v.strip() != ""}
+        try:
+            options = JobOptions.model_validate(given)
+        except ValidationError as exc:
+            field, sentence = options_error(exc, given)
+            raise RequestError(400, sentence, field=field) from None
+        if options.interpolate and not src.interpolation_available():
+            raise RequestError(400, "interpolate is not available on this server (the RIFE weights are not "
+                                    "installed); send interpolate=false", field="interpolate")
+
+        shown_name = clean_filename(filename, "") if (filename or "").strip() else "the photo"
+        g = src.cfg.generation
+        try:
+            info = await asyncio.to_thread(probe_photo, photo, shown_name,
+                                           max_megapixels=g.max_megapixels, max_bytes=int(g.max_file_mb * 2**20))
+        except InputError as exc:
+            raise RequestError(400, str(exc), field="photo") from None
+        suffix = SUFFIX_BY_FORMAT.get(info.format, ".img")
+        original = clean_filename(filename, suffix)
+        spec = JobSpec(source="http", input_path="", original_name=original, name=safe_stem(original),
+                       options=options, user=src.user(request), reply={})
+        try:
+            job, _ = await src.queue.submit(spec, photo, suffix=suffix)
+        except QueueFull as exc:
+            raise RequestError(503, str(exc), headers={"Retry-After": str(src.retry_after())}) from None
+        except DiskFull as exc:
+            raise RequestError(507, str(exc)) from None
+        position = await src.queue.position(job.id)
+        location = f"/api/jobs/{job.id}"
+        if src.cfg.http.public_url:
+            location = src.cfg.http.public_url.rstrip("/") + location
+        log.info("http: job %s: %s (%dx%d %s, %d bytes) from %s, position %s", job.id, original, info.width,
+                 info.height, info.format, len(photo), spec.user, position)
+        return web.json_response(src.job_json(job, position), status=202, headers={"Location": location})
+
+
+async def read_form(request: web.Request, cap: int,
+                    too_large: RequestError) -> tuple[bytes | None, str | None, dict[str, str]]:
+    photo: bytes | None = None
+    filename: str | None = None
+    fields: dict[str, str] = {}
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not hasattr(part, "read_chunk"):
+                raise RequestError(400, "nested multipart bodies are not supported; send flat form fields")
+            name = part.name or ""
+            if name == "photo":
+                if photo is not None:
+                    raise RequestError(400, "send one photo per request (the field 'photo' came twice)",
+                                       field="photo")
+                filename = part.filename
+                buf = bytearray()
+                while chunk := await part.read_chunk(256 * 1024):
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise too_large
+                photo = bytes(buf)
+            elif name in OPTION_FIELDS:
+                if name in fields:
+                    raise RequestError(400, f"the field {name!r} came twice", field=name)
+                buf = bytearray()
+                while chunk := await part.read_chunk(4096):
+                    buf += chunk
+                    if len(buf) > FIELD_LIMIT:
+                        raise RequestError(400, f"{name} is too long (at most {FIELD_LIMIT} bytes)", field=name)
+                try:
+                    fields[name] = buf.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RequestError(400, f"{name} is not UTF-8 text", field=name) from None
+            else:
+                raise RequestError(400, f"unknown field {name!r}; allowed fields are photo, "
+                                        f"{', '.join(OPTION_FIELDS)}", field=name)
+    except RequestError:
+        raise
+    except (ValueError, AssertionError, RuntimeError, LookupError) as exc:
+        raise RequestError(400, f"the multipart body could not be read: {exc}") from None
+    return photo, filename, fields
