@@ -1,82 +1,32 @@
-"""The watched folder: photos dropped into `paths.input` become jobs; results sort the photo away.
+"""The folder source: discovery, checking and queueing watched photos, and sorting them away after.
 
-How a photo travels:
-
-1. Found by the watchdog observer (a thread; paths hop onto the loop with call_soon_threadsafe), by
-   the scan at start, or by the periodic rescan (a safety net for missed events, e.g. on network
-   shares). Only top-level regular files of the input folder whose extension is in
-   `watch.extensions` count; hidden files, partial downloads (`.part`, `.crdownload`, `.tmp`, ...),
-   companions and sub-folders (processed/, failed/) do not. A symlink counts only when it points
-   inside the input, processed or failed folder; others are ignored with a log line.
-2. Settles: it is taken only once its size and mtime (and those of its companions) have not
-   changed for `watch.settle_seconds`, checked every `watch.poll_seconds`.
-3. Checked: header probe (type, bytes, megapixels), a full decode (a truncated file fails here) and
-   the companions (`<photo>.txt`/`<stem>.txt` prompt, `<photo>.toml`/`<stem>.toml` options; see
-   sidecars.py). A photo that fails goes to the failed folder with `<photo>.error.txt`: no job.
-4. Queued with content-hash dedupe: the same photo dropped twice while the first is pending is one
-   job; dropped again after that job finished, it is a new one. While pending it stays where it is.
-   A full queue leaves it in place and it is retried when the queue moves.
-5. Delivered: on done the photo (and companions) move to the processed folder; on failed or
-   cancelled to the failed folder with the job's error in `<photo>.error.txt`. Nothing is ever
-   overwritten (`cat-2.jpg` on collision). Then the job is marked delivered; at start the jobs that
-   finished while the daemon was down are delivered first.
-
-All file work runs in threads; the event loop only keeps the bookkeeping.
+See the package docstring for the whole journey; the settle rules are in settle.py, the moves in
+delivery.py and the observer thread in observer.py.
 """
+
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
-from ..config import Config
-from ..errors import ConfigError, InputError, Wan22Error
-from ..images import probe_photo
-from ..jobs import JobOptions, JobSpec
-from ..queue import Job, JobEvent, JobQueue, QueueFull
-from . import sidecars
+from ...config import Config
+from ...errors import ConfigError, InputError, Wan22Error
+from ...images import probe_photo
+from ...jobs import JobOptions, JobSpec
+from ...queue import Job, JobEvent, JobQueue, QueueFull
+from .. import sidecars
+from .delivery import Outside, Replaced, destination, move_if_there, short
+from .observer import start_observer, stop_observer
+from .settle import Settler
 
 log = logging.getLogger(__name__)
 
-EMPTY_GRACE_SECONDS = 5.0
-
 _FINAL = ("done", "failed", "cancelled")
-_FS_EVENTS = ("created", "modified", "moved", "closed")
-
-
-@dataclass
-class _Pending:
-    """A photo seen in the folder, waiting to settle (or for room in the queue)."""
-
-    sig: tuple | None = None
-    since: float = 0.0  # monotonic time `sig` was first seen
-    not_before: float = 0.0  # retry time after a full queue
-
-
-class _Forward(FileSystemEventHandler):
-    """Runs in the observer thread: hands each touched path to the loop and nothing else."""
-
-    def __init__(self, source: "FolderSource", loop: asyncio.AbstractEventLoop):
-        self.source = source
-        self.loop = loop
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type not in _FS_EVENTS:
-            return
-        path = os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path)
-        try:
-            self.loop.call_soon_threadsafe(self.source._fs_event, path)
-        except RuntimeError:  # the loop has closed: we are shutting down
-            pass
 
 
 class FolderSource:
@@ -86,7 +36,7 @@ class FolderSource:
         self.queue = queue
         self.rescan_seconds = rescan_seconds
         self.observe = observe
-        self._pending: dict[str, _Pending] = {}
+        self._pending = Settler(cfg.watch.settle_seconds)
         self._submitted: dict[str, str] = {}  # photo path -> job id (pending here, or its move failed)
         self._job_photos: dict[str, list[str]] = {}  # job id -> photos waiting on it (dedupe adds more)
         self._delivered: set[str] = set()
@@ -110,6 +60,7 @@ class FolderSource:
         self.failed_dir = Path(cfg.paths.failed_dir).absolute()
         self.extensions = sidecars.normalise_extensions(cfg.watch.extensions)
         self.settle_seconds = cfg.watch.settle_seconds
+        self._pending.settle_seconds = self.settle_seconds
         self.poll_seconds = cfg.watch.poll_seconds
         self.max_megapixels = cfg.generation.max_megapixels
         self.max_bytes = int(cfg.generation.max_file_mb * 2**20)
@@ -180,10 +131,7 @@ class FolderSource:
         if not self.observe:
             return
         try:
-            obs = Observer()
-            obs.schedule(_Forward(self, self._loop), str(self.input_dir), recursive=False)
-            obs.daemon = True
-            obs.start()
+            obs = start_observer(self.input_dir, self._fs_event, self._loop)
         except OSError as exc:
             log.warning("watch: cannot observe %s (%s); relying on a rescan every %.0f s", self.input_dir,
                         exc, self.rescan_seconds)
@@ -192,9 +140,7 @@ class FolderSource:
 
     def _stop_observer(self) -> None:
         obs, self._observer = self._observer, None
-        if obs is not None:
-            obs.stop()
-            obs.join(timeout=10)
+        stop_observer(obs)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -220,7 +166,7 @@ class FolderSource:
             return
         if sidecars.ignored_reason(p.name, self.extensions) is not None:
             return
-        self._pending[key] = _Pending()
+        self._pending.add(key)
         if self._wake is not None:
             self._wake.set()
 
@@ -295,38 +241,31 @@ class FolderSource:
                 pass
 
     async def _check_pending(self) -> None:
-        paths = list(self._pending)
+        paths = self._pending.keys()
         sigs = await asyncio.to_thread(lambda: {k: self._observe_file(Path(k)) for k in paths})
         now = time.monotonic()
-        ready = []
+        usable: dict[str, tuple] = {}
         for key, sig in sigs.items():
-            pend = self._pending.get(key)
-            if pend is None:
+            if key not in self._pending:
                 continue
             p = Path(key)
             if sig is None or sig == "notfile" or p.parent != self.input_dir \
                     or sidecars.ignored_reason(p.name, self.extensions) is not None:
-                del self._pending[key]
+                self._pending.discard(key)
                 continue
             if sig == "outside":
-                del self._pending[key]
+                self._pending.discard(key)
                 self._log_once(key, "outside", logging.WARNING,
                                "watch: ignoring %s: it is a link to a file outside the watched folders", p.name)
                 continue
-            if sig != pend.sig:
-                pend.sig, pend.since = sig, now
-            # A zero-byte file is usually a copy that has not started writing yet (a program that
-            # opens the file, then spends seconds encoding): give it longer before calling it empty.
-            settle = self.settle_seconds if sig[0] > 0 else max(5 * self.settle_seconds, EMPTY_GRACE_SECONDS)
-            if now - pend.since >= settle and now >= pend.not_before:
-                ready.append(key)
-        ready.sort(key=lambda k: (sigs[k][1], k))  # oldest first
+            usable[key] = sig
+        ready = self._pending.ready(usable, now)
         for i, key in enumerate(ready):
             if key in self._pending and not await self._take(Path(key)):
                 # The queue is full: the others wait too, without being read again now.
+                until = self._pending.get(key).not_before
                 for rest in ready[i + 1:]:
-                    if rest in self._pending:
-                        self._pending[rest].not_before = self._pending[key].not_before
+                    self._pending.defer(rest, until)
                 break
 
     # ------------------------------------------------------------------ submit
@@ -355,15 +294,15 @@ class FolderSource:
     async def _take(self, p: Path) -> bool:
         """Check and queue one settled photo. False only when the queue is full."""
         key = str(p)
-        pend = self._pending[key]
+        pend = self._pending.get(key)
         try:
             prepared = await asyncio.to_thread(self._prepare, p, pend.sig)
         except InputError as exc:
-            self._pending.pop(key, None)
+            self._pending.discard(key)
             await self._fail_photo(p, str(exc))
             return True
         except FileNotFoundError:
-            self._pending.pop(key, None)
+            self._pending.discard(key)
             return True
         except OSError as exc:
             pend.not_before = time.monotonic() + self.rescan_seconds
@@ -371,7 +310,7 @@ class FolderSource:
                            p.name, exc.strerror or exc)
             return True
         if prepared is None:  # changed while being read: settle again
-            pend.sig = None
+            self._pending.unsettle(key)
             return True
         spec, data = prepared
         try:
@@ -387,7 +326,7 @@ class FolderSource:
             self._log_once(key, "submit", logging.ERROR, "watch: %s not queued (%s); trying again", p.name, exc)
             return True
         self._full_logged = False
-        self._pending.pop(key, None)
+        self._pending.discard(key)
         self._submitted[key] = job.id
         self._job_photos.setdefault(job.id, [])
         if key not in self._job_photos[job.id]:
@@ -412,7 +351,7 @@ class FolderSource:
                       self.failed_dir, exc)
             self._submitted[str(p)] = ""  # do not try it again in this run
             return
-        log.warning("watch: %s -> %s: %s", p.name, _short(moved, self.failed_dir), sidecars.sentence(reason))
+        log.warning("watch: %s -> %s: %s", p.name, short(moved, self.failed_dir), sidecars.sentence(reason))
 
     # ------------------------------------------------------------------ delivery
     def _on_event(self, event: JobEvent) -> None:
@@ -422,8 +361,7 @@ class FolderSource:
         if event.kind in _FINAL:
             self._spawn(self._deliver(job))
         if event.kind in ("started", "cancelled", "done", "failed") and self._pending:
-            for pend in self._pending.values():  # room in the queue: retry photos that waited
-                pend.not_before = 0.0
+            self._pending.retry_all()  # room in the queue: retry photos that waited
             if self._wake is not None:
                 self._wake.set()
 
@@ -442,26 +380,21 @@ class FolderSource:
             for extra in self._job_photos.get(job.id, []):
                 if extra not in photos:
                     photos.append(extra)
-            if state == "done":
-                dest, error = self.processed_dir, None
-            elif state == "cancelled":
-                dest, error = self.failed_dir, "the job was cancelled before its video was made"
-            else:
-                dest = self.failed_dir
-                error = f"the video could not be made: {sidecars.one_line(job.error or 'unknown error')}"
+            dest, error = destination(state, job.error, self.processed_dir, self.failed_dir)
             ok = True
             for key in photos:
                 p = Path(key)
                 try:
-                    moved = await asyncio.to_thread(self._move_if_there, p, dest, error, job.content_hash)
-                except _Replaced:
+                    moved = await asyncio.to_thread(move_if_there, p, dest, error, job.content_hash,
+                                                    self._known_inputs, self.extensions)
+                except Replaced:
                     log.info("job %s: %s was replaced by another photo meanwhile; that one is taken as new",
                              job.id, p.name)
                     self._release(key, job.id)
                     if p.parent == self.input_dir:
                         self._consider(p)
                     continue
-                except _Outside:
+                except Outside:
                     log.warning("job %s: %s is not in a watched folder; leaving it where it is", job.id, key)
                     self._release(key, job.id)
                     continue
@@ -475,9 +408,9 @@ class FolderSource:
                     log.info("job %s: %s, photo %s is no longer in the folder", job.id, state, p.name)
                 elif error is None:
                     log.info("job %s: done -> %s; photo moved to %s", job.id,
-                             job.result.output if job.result else "?", _short(moved, dest))
+                             job.result.output if job.result else "?", short(moved, dest))
                 else:
-                    log.warning("job %s: %s -> %s: %s", job.id, state, _short(moved, dest), sidecars.sentence(error))
+                    log.warning("job %s: %s -> %s: %s", job.id, state, short(moved, dest), sidecars.sentence(error))
             if ok:
                 await self.queue.mark_delivered(job.id)
                 self._delivered.add(job.id)
@@ -486,32 +419,3 @@ class FolderSource:
     def _release(self, key: str, job_id: str) -> None:
         if self._submitted.get(key) == job_id:
             del self._submitted[key]
-
-    def _move_if_there(self, p: Path, dest: Path, error: str | None, content_hash: str | None) -> Path | None:
-        """Blocking: move a job's photo, only from a folder this source watches (the journal could be
-        old), and only if it still holds the bytes the job was made from."""
-        if not p.is_absolute() or p.parent.resolve() not in self._known_inputs:
-            raise _Outside(str(p))
-        if not os.path.lexists(p):
-            return None
-        if content_hash:
-            try:
-                with open(p, "rb") as f:
-                    now = hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError:
-                now = content_hash  # unreadable (e.g. a dangling link): move it as it is
-            if now != content_hash:
-                raise _Replaced(str(p))
-        return sidecars.move_group(p, dest, self.extensions, error)
-
-
-class _Outside(Exception):
-    pass
-
-
-class _Replaced(Exception):
-    pass
-
-
-def _short(p: Path, base: Path) -> str:
-    return f"{base.name}/{p.name}"
