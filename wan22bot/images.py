@@ -22,6 +22,8 @@ from .errors import InputError
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
+SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                    "GIF": ".gif"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class PhotoInfo:
     height: int
     mode: str
     frames: int  # >1 for animated GIF/WebP: only the first frame is used
+
+    @property
+    def suffix(self) -> str:
+        """The file suffix a spooled copy of this photo gets."""
+        return SUFFIX_BY_FORMAT.get(self.format, ".img")
 
 
 def _open(data: bytes | os.PathLike[str] | str, name: str) -> Image.Image:
@@ -80,6 +87,44 @@ def probe_photo(
         return PhotoInfo(img.format, w, h, img.mode, getattr(img, "n_frames", 1))
     finally:
         img.close()
+
+
+def check_photo(
+    data: bytes | os.PathLike[str] | str,
+    name: str | None = None,
+    *,
+    max_megapixels: float = 50.0,
+    max_bytes: int | None = None,
+) -> PhotoInfo:
+    """The one check every source runs before it accepts a photo: the header checks of `probe_photo`
+    (type, bytes, megapixels: a bomb is refused from its header), a decode of every byte, so a
+    damaged or truncated file is refused at once rather than failing minutes later in the queue, and
+    its colour mode converted to RGB the way the pipeline will. Blocking: run it in a thread."""
+    info = probe_photo(data, name, max_megapixels=max_megapixels, max_bytes=max_bytes)
+    name = name or (Path(data).name if not isinstance(data, (bytes, bytearray)) else "the photo")
+    img = _open(data, name)
+    try:
+        if img.format == "JPEG":
+            # A reduced-size decode still reads every byte of the compressed data, so truncation and
+            # corruption fail the same way, at an eighth of the memory for a large photo.
+            img.draft("RGB", (max(1, info.width // 8), max(1, info.height // 8)))
+        img.seek(0)
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        img.close()
+        detail = " ".join(str(exc).split()).rstrip(".")
+        raise InputError(f"{name} is damaged or truncated and cannot be decoded" +
+                         (f" ({detail})" if detail else "")) from None
+    try:
+        # One pixel through the same conversion the pipeline uses: a mode Pillow opens but cannot
+        # turn into RGB (premultiplied grey+alpha TIFFs, say) is refused now, not in the worker.
+        to_rgb(img.crop((0, 0, 1, 1)))
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{name} uses the colour mode {img.mode}, which cannot be converted to RGB ({exc}); "
+                         "save it as an ordinary RGB JPEG or PNG") from None
+    finally:
+        img.close()
+    return info
 
 
 def _file_size(path: os.PathLike[str] | str, name: str) -> int:

@@ -350,7 +350,7 @@ async def test_page_and_assets(make_server):
         assert r.status == 404
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b\\c.png", "%00%1F.png", "..%2F..%2Fx.png", ""])
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b\\c.png", "..%2F..%2Fx.png", ""])
 async def test_odd_filenames(make_server, queue, name):
     srv = await make_server()
     form = aiohttp.FormData()

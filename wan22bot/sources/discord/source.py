@@ -35,7 +35,8 @@ from pydantic import ValidationError
 
 from ...config import Config
 from ...errors import ConfigError, DiskFull, InputError
-from ...images import load_photo, probe_photo
+from ... import images
+from ...images import PhotoInfo
 from ...jobs import JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
 from . import access
@@ -49,22 +50,16 @@ from .tracker import TRANSIENT, Tracker
 
 log = logging.getLogger(__name__)
 
-SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
-                    "GIF": ".gif"}
 ACTIVE = [JobState.queued, JobState.running]
 FINAL = ("done", "failed", "cancelled")
 RETRY_DELAYS = (5.0, 15.0, 60.0, 300.0)  # then every 15 minutes
 STOP_GRACE = 10.0  # seconds deliveries in flight get at stop()
 
 
-def check_photo(data: bytes, name: str, cfg: Config) -> str:
-    """Header checks (type, bytes, megapixels: a bomb is refused from its header), then a full decode
-    so a damaged file is refused now rather than failing later in the queue. Returns the format."""
+def check_photo(data: bytes, name: str, cfg: Config) -> PhotoInfo:
+    """The photo check every source shares (images.check_photo), with this config's limits."""
     g = cfg.generation
-    max_bytes = int(g.max_file_mb * 2**20)
-    info = probe_photo(data, name, max_megapixels=g.max_megapixels, max_bytes=max_bytes)
-    load_photo(data, name, max_megapixels=g.max_megapixels, max_bytes=max_bytes).close()
-    return info.format
+    return images.check_photo(data, name, max_megapixels=g.max_megapixels, max_bytes=int(g.max_file_mb * 2**20))
 
 
 def member_role_ids(user: Any) -> frozenset[int]:
@@ -466,7 +461,7 @@ class DiscordSource:
                 log.info("discord: downloading %s failed: %s", name, exc)
                 return None, f"I couldn't download {name} from Discord; please send it again."
             try:
-                photo_format = await asyncio.to_thread(check_photo, data, name, self.cfg)
+                photo = await asyncio.to_thread(check_photo, data, name, self.cfg)
             except InputError as exc:
                 text = str(exc)
                 return None, text if text.endswith(".") else text + "."
@@ -474,7 +469,7 @@ class DiscordSource:
             spec = JobSpec(source="discord", input_path="", original_name=name, name=stem, options=options,
                            user=str(req.who.user_id), reply=req.target.to_dict())
             try:
-                job, _ = await self.queue.submit(spec, data, suffix=SUFFIX_BY_FORMAT.get(photo_format, ""))
+                job, _ = await self.queue.submit(spec, data, suffix=photo.suffix)
             except QueueFull:
                 return None, f"The queue is full ({self.queue.max_length} waiting); please try again later."
             except DiskFull:

@@ -27,15 +27,15 @@ Modules: auth (token, loopback), uploads (POST /api/jobs), events (server-sent e
 routes (the read/cancel handlers and the page), server (HttpSource: app wiring and lifecycle),
 errors (JSON error answers).
 
-Uploads are streamed with a size cap (413 beyond it), checked with `probe_photo` (400 with its
-sentence), and only then spooled into the queue. Results are fetched by polling, so a finished
-http job counts as delivered as soon as it is final.
+Uploads are streamed with a size cap (413 beyond it), checked with `images.check_photo`, the
+same full decode every source runs (400 with its sentence), and only then spooled into the queue.
+Results are fetched by polling, so a finished http job counts as delivered as soon as it is final.
 """
 
 from .auth import bearer, is_loopback, read_token
 from .errors import RequestError, error_response
 from .server import HttpSource
-from .uploads import SUFFIX_BY_FORMAT, clean_filename
+from .uploads import clean_filename
 
-__all__ = ["HttpSource", "RequestError", "SUFFIX_BY_FORMAT", "bearer", "clean_filename", "error_response",
+__all__ = ["HttpSource", "RequestError", "bearer", "clean_filename", "error_response",
            "is_loopback", "read_token"]

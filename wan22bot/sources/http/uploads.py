@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from ...config import Config
 from ...errors import DiskFull, InputError
-from ...images import probe_photo
+from ...images import check_photo
 from ...jobs import JobOptions, JobSpec
 from ...queue import QueueFull
 from ...queue.jobqueue import safe_stem
@@ -25,9 +26,26 @@ log = logging.getLogger("wan22bot.sources.http")
 
 OPTION_FIELDS = tuple(JobOptions.model_fields)  # prompt, negative_prompt, frames, seed, interpolate, preset, steps
 FIELD_LIMIT = 16 * 1024  # bytes for one text field (prompts are at most 2000 characters)
-SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
-                    "GIF": ".gif"}
 REJECT_REASONS = {400: "invalid", 413: "too_large", 415: "not_multipart", 503: "queue_full", 507: "disk_full"}
+
+
+def control_character(text: str) -> str | None:
+    """The first C0/C1 control character or DEL in `text` as U+XXXX, or None."""
+    for ch in text:
+        o = ord(ch)
+        if o < 0x20 or 0x7F <= o <= 0x9F:
+            return f"U+{o:04X}"
+    return None
+
+
+def check_filename(name: str | None) -> None:
+    """Refuse a file name with control characters, raw or percent-encoded (how browsers send CR/LF)."""
+    if not name:
+        return
+    bad = control_character(name) or control_character(unquote(name))
+    if bad is not None:
+        raise RequestError(400, f"the file name of the photo contains a control character ({bad}); rename the "
+                                "file without control characters and send it again", field="photo")
 
 
 def clean_filename(name: str | None, suffix: str) -> str:
@@ -105,6 +123,7 @@ class Uploads:
         if photo is None:
             raise RequestError(400, "the request has no 'photo' field; send the image as a file in the "
                                     "multipart field 'photo'", field="photo")
+        check_filename(filename)
 
         given = {k: v.strip() for k, v in fields.items() if v.strip() != ""}
         try:
@@ -119,11 +138,11 @@ class Uploads:
         shown_name = clean_filename(filename, "") if (filename or "").strip() else "the photo"
         g = src.cfg.generation
         try:
-            info = await asyncio.to_thread(probe_photo, photo, shown_name,
+            info = await asyncio.to_thread(check_photo, photo, shown_name,
                                            max_megapixels=g.max_megapixels, max_bytes=int(g.max_file_mb * 2**20))
         except InputError as exc:
             raise RequestError(400, str(exc), field="photo") from None
-        suffix = SUFFIX_BY_FORMAT.get(info.format, ".img")
+        suffix = info.suffix
         original = clean_filename(filename, suffix)
         spec = JobSpec(source="http", input_path="", original_name=original, name=safe_stem(original),
                        options=options, user=src.user(request), reply={})
@@ -181,6 +200,15 @@ async def read_form(request: web.Request, cap: int,
                                         f"{', '.join(OPTION_FIELDS)}", field=name)
     except RequestError:
         raise
+    except HttpProcessingError as exc:
+        # aiohttp refuses a part header holding NUL, ESC, DEL or another control character.
+        # The message quotes the header as a bytes repr, so a control character shows as \xNN or \t.
+        if any(esc in str(exc.message) for esc in ("\\x", "\\t", "\\r", "\\n")):
+            raise RequestError(400, "a header of the multipart body (usually the photo's file name) contains a "
+                                    "control character; rename the file without control characters and send it "
+                                    "again", field="photo") from None
+        raise RequestError(400, "the multipart body has a malformed part header; send a standard "
+                                "multipart/form-data body") from None
     except (ValueError, AssertionError, RuntimeError, LookupError) as exc:
         raise RequestError(400, f"the multipart body could not be read: {exc}") from None
     return photo, filename, fields
