@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from wan22bot.fetch import SEED_FILES
+
+from .fakehub import FakeHub, start
+
+# Six tiny stand-ins for the six real files, at the real repositories' paths. Sizes differ so a
+# file landing in the wrong place would show; the first is big enough to be interrupted halfway.
+SIZES = [256 * 1024, 96 * 1024, 64 * 1024, 16 * 1024, 24 * 1024, 24 * 1024]
+
+
+def content_for(i: int) -> bytes:
+    return random.Random(1000 + i).randbytes(SIZES[i])
+
+
+@dataclass
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+async def hub():
+    h = FakeHub()
+    for i, f in enumerate(SEED_FILES):
+        h.add(f.repo_id, f.path_in_repo, content_for(i))
+    runner, url = await start(h)
+    h.url = url
+    try:
+        yield h
+    finally:
+        h.release.set()
+        await runner.cleanup()
+
+
+def child_env(endpoint: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HF_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update({
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(tmp_path / "hf-home"),  # no saved token, no cache shared with the machine
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    })
+    return env
+
+
+async def spawn(endpoint: str, tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
+    """`python -m wan22bot fetch-models ARGS` in its own process, pointed at `endpoint`."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wan22bot", "fetch-models", *args,
+        cwd=tmp_path, env=child_env(endpoint, tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def fetch(endpoint: str, tmp_path: Path, *args: str, timeout: float = 90) -> Run:
+    proc = await spawn(endpoint, tmp_path, *args)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return Run(proc.returncode, out.decode(), err.decode())

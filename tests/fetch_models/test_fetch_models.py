@@ -1,0 +1,236 @@
+"""`wan22bot fetch-models` end to end, as its own process, against a fake Hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from wan22bot.fetch import SEED_FILES, STAGING, RemoteFile, partial_path
+
+from .conftest import SIZES, content_for, fetch, spawn
+
+# The layout ComfyUI's loaders (and `[model] comfyui`) look for, written out rather than derived
+# from the catalog so a wrong catalog entry fails here.
+LAYOUT = [
+    "diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+    "diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+    "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "vae/wan_2.1_vae.safetensors",
+    "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+    "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+]
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def config_block(dest: Path) -> str:
+    return f'[model]\nkind = "wan2.2-i2v-a14b"\ncomfyui = "{dest}"\n'
+
+
+async def wait_until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def remote_of(i: int, hub) -> RemoteFile:
+    seed = SEED_FILES[i]
+    f = hub.files[(seed.repo_id, seed.path_in_repo)]
+    return RemoteFile(seed=seed, size=f.size, sha256=f.sha256)
+
+
+def test_catalog_is_the_seed_layout_from_the_comfy_org_repositories():
+    assert [f.relpath for f in SEED_FILES] == LAYOUT
+    repos = {f.relpath: (f.repo_id, f.path_in_repo) for f in SEED_FILES}
+    assert repos["text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"] == (
+        "Comfy-Org/Wan_2.1_ComfyUI_repackaged", "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    for rel in LAYOUT[:2] + LAYOUT[3:]:
+        repo, path = repos[rel]
+        assert repo == "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+        assert path == "split_files/" + rel
+
+
+async def test_downloads_the_six_files_into_the_comfyui_layout_and_prints_the_config(hub, tmp_path):
+    run = await fetch(hub.url, tmp_path)  # default destination: ./models
+    dest = tmp_path / "models"
+    assert run.rc == 0, run.stderr
+    assert files_under(dest) == sorted(LAYOUT)  # no split_files/, no staging or partial files left
+    for i, rel in enumerate(LAYOUT):
+        assert (dest / rel).read_bytes() == content_for(i), rel
+    assert run.stdout == config_block(dest)
+    for f in SEED_FILES:
+        assert [s.status for s in hub.requests_to(f"/{f.repo_id}/resolve/main/{f.path_in_repo}")] == [302]
+    assert len(hub.requests_to("/cdn/")) == 6
+    assert run.stderr.count("matches the repository") == 6
+
+
+async def test_a_second_run_skips_files_already_present(hub, tmp_path):
+    dest = tmp_path / "m"
+    assert (await fetch(hub.url, tmp_path, "--dest", str(dest))).rc == 0
+    mtimes = {rel: (dest / rel).stat().st_mtime_ns for rel in LAYOUT}
+    hub.seen.clear()
+
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert run.stderr.count("already present, sha256 matches the repository: skipped") == 6
+    assert hub.requests_to("/Comfy-Org/") == [] and hub.requests_to("/cdn/") == []
+    assert {rel: (dest / rel).stat().st_mtime_ns for rel in LAYOUT} == mtimes
+    assert run.stdout == config_block(dest)
+
+
+async def test_a_present_file_with_the_wrong_bytes_is_replaced(hub, tmp_path):
+    dest = tmp_path / "m"
+    wrong = bytearray(content_for(3))
+    wrong[100] ^= 0xFF  # same size, different content
+    (dest / "vae").mkdir(parents=True)
+    (dest / LAYOUT[3]).write_bytes(bytes(wrong))
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert "vae/wan_2.1_vae.safetensors: present but its sha256 differs" in run.stderr
+    assert (dest / LAYOUT[3]).read_bytes() == content_for(3)
+
+
+async def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
+    dest = tmp_path / "m"
+    big = remote_of(0, hub)
+    cut = 100 * 1024
+    hub.files[(big.seed.repo_id, big.seed.path_in_repo)].stall_after = cut
+    partial = partial_path(dest, big)
+
+    proc = await spawn(hub.url, tmp_path, "--dest", str(dest))
+    try:
+        await wait_until(lambda: partial.is_file() and partial.stat().st_size == cut)
+    finally:
+        proc.kill()  # as a crash or a pulled plug would
+        await proc.communicate()
+    assert not (dest / LAYOUT[0]).exists()
+    assert partial.name.endswith(".incomplete") and partial.stat().st_size == cut
+
+    hub.release.set()
+    hub.seen.clear()
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert f"{LAYOUT[0]}: resuming at" in run.stderr
+    assert (dest / LAYOUT[0]).read_bytes() == content_for(0)
+    sha_of_bytes = hashlib.sha256(content_for(0)).hexdigest()
+    served = hub.requests_to(f"/cdn/{sha_of_bytes}")
+    assert [(s.range, s.status, s.body_bytes) for s in served] == [(f"bytes={cut}-", 206, SIZES[0] - cut)]
+    assert files_under(dest) == sorted(LAYOUT)
+
+
+async def test_wrong_sha256_is_a_clear_error_and_the_bad_file_is_not_kept(hub, tmp_path):
+    dest = tmp_path / "m"
+    vae = SEED_FILES[3]
+    hub.files[(vae.repo_id, vae.path_in_repo)].listed_sha256 = "ab" * 32  # the bytes served differ from this
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 4
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("wan22bot: error: vae/wan_2.1_vae.safetensors downloaded from Comfy-Org/Wan_2.2_ComfyUI_Repackaged")
+    assert f"lists {'ab' * 32}" in last and "the bad download was deleted" in last
+    assert not (dest / LAYOUT[3]).exists()
+    assert not [p for p in files_under(dest) if "wan_2.1_vae" in p]
+    # the files before it were fine and stay; the ones after it were not started
+    assert [rel for rel in LAYOUT if (dest / rel).exists()] == LAYOUT[:3]
+    assert run.stdout == ""
+
+
+async def test_not_enough_free_disk_fails_before_downloading_anything(hub, tmp_path):
+    dest = tmp_path / "m"
+    expert = SEED_FILES[0]
+    huge = shutil.disk_usage(tmp_path).free + 10**12
+    hub.files[(expert.repo_id, expert.path_in_repo)].listed_size = huge
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 7
+    needed = huge + sum(SIZES[1:])
+    assert f"the download needs {needed / 1e9:.2f} GB and " in run.stderr
+    assert "not enough free disk in" in run.stderr and "GB is free" in run.stderr
+    assert hub.requests_to("/cdn/") == [] and [s for s in hub.seen if "/resolve/" in s.path] == []
+    assert files_under(dest) == []
+
+
+@pytest.mark.parametrize("case", ["file-404", "unlisted-file", "repo-404"])
+async def test_missing_file_or_repository_is_a_clear_error(hub, tmp_path, case):
+    dest = tmp_path / "m"
+    lora = SEED_FILES[5]
+    if case == "file-404":
+        hub.status_for[f"/{lora.repo_id}/resolve/main/{lora.path_in_repo}"] = 404
+        expect = (f"wan22bot: error: {lora.repo_id}/{lora.path_in_repo} was not found on the Hugging Face Hub "
+                  f"at {hub.url} (404)")
+    elif case == "unlisted-file":
+        del hub.files[(lora.repo_id, lora.path_in_repo)]
+        expect = f"wan22bot: error: {lora.path_in_repo} is not in {lora.repo_id} (revision main)"
+    else:
+        te = SEED_FILES[2]
+        del hub.files[(te.repo_id, te.path_in_repo)]  # the only file of that repository: the repository is gone
+        expect = f"wan22bot: error: repository {te.repo_id} (revision main) was not found"
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 4
+    assert run.stderr.strip().splitlines()[-1].startswith(expect), run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (dest / lora.relpath).exists()
+
+
+async def test_unauthorized_is_a_clear_error(hub, tmp_path):
+    hub.status_for["/api/models/"] = 401
+    run = await fetch(hub.url, tmp_path, "--dest", str(tmp_path / "m"))
+    assert run.rc == 4
+    assert "refused the file list of Comfy-Org/" in run.stderr and "(401 Unauthorized)" in run.stderr
+    assert "HF_TOKEN" in run.stderr and "Traceback" not in run.stderr
+
+
+async def test_hub_unreachable_is_one_line(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = await fetch(f"http://127.0.0.1:{port}", tmp_path, "--dest", str(tmp_path / "m"))
+    assert run.rc == 4
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"wan22bot: error: cannot reach the Hugging Face Hub at http://127.0.0.1:{port}")
+    assert "ConnectError" in lines[0] and run.stdout == ""
+
+
+async def test_disk_full_during_download_keeps_the_partial_and_says_how_to_continue(hub, tmp_path):
+    dest = tmp_path / "m"
+    big = remote_of(0, hub)
+    partial = partial_path(dest, big)
+    partial.parent.mkdir(parents=True)
+    os.symlink("/dev/full", partial)  # every write to it fails with the kernel's ENOSPC
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 7
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wan22bot: error: disk full while downloading {LAYOUT[0]} into {dest}")
+    assert f"is kept in {partial}" in last and "run fetch-models again to continue" in last
+    assert partial.is_symlink() and not (dest / LAYOUT[0]).exists()
+
+
+@pytest.mark.parametrize("case", ["parent-is-a-file", "dest-is-a-file", "read-only"])
+async def test_unwritable_destination_is_refused_before_asking_the_hub(hub, tmp_path, case):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    if case == "parent-is-a-file":
+        dest, expect = blocker / "models", f"cannot write to --dest {blocker / 'models'} (Not a directory)"
+    elif case == "dest-is-a-file":
+        dest, expect = blocker, f"--dest {blocker} is a file, not a folder"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes through permission bits; the two cases above cover refusal")
+        dest = tmp_path / "ro"
+        dest.mkdir()
+        dest.chmod(0o555)
+        expect = f"cannot write to --dest {dest} (Permission denied)"
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 2
+    assert run.stderr.strip().splitlines()[-1].startswith(f"wan22bot: error: {expect}"), run.stderr
+    assert hub.seen == []
