@@ -113,6 +113,7 @@ class Rig:
         return self.source
 
     async def close(self) -> None:
+        """Stop everything (a test may call it to simulate a daemon stop; the fixture calls it again)."""
         if self.source:
             await self.source.stop()
         if self.worker:
@@ -121,6 +122,7 @@ class Rig:
             await self.real_worker.stop()
         if self.queue:
             await self.queue.close()
+        self.source = self.worker = self.real_worker = self.queue = None
 
     def drop(self, name: str, data: bytes | None = None, seed: int = 0) -> bytes:
         data = photo_bytes(seed) if data is None else data

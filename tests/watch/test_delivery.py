@@ -31,25 +31,27 @@ async def test_done_moves_to_processed_and_names_get_a_suffix_on_collision(rig):
         await wait_for(_delivered(rig, j.id), 5, "delivered flag")
 
 
-async def test_same_photo_twice_while_pending_is_one_job_and_later_a_new_one(rig):
+async def test_equal_copies_under_other_names_are_separate_jobs_and_a_redrop_is_new(rig):
     data = photo_bytes(3)
     await rig.start(worker=False)
     rig.drop("once.jpg", data)
     await rig.wait_jobs(1)
     rig.drop("once copy.jpg", data)  # the same bytes under another name, while the first is queued
+    jobs = await rig.wait_jobs(2)
+    assert [j.spec.original_name for j in jobs] == ["once.jpg", "once copy.jpg"]
+    assert [j.spec.name for j in jobs] == ["once", "once copy"]
     await quiet()
-    jobs = await rig.jobs()
-    assert len(jobs) == 1 and jobs[0].state == JobState.queued
+    assert len(await rig.jobs()) == 2, "a settled photo already queued was queued again"
     assert rig.listing(rig.input) == {"once.jpg", "once copy.jpg"}  # pending photos stay in place
     rig.worker.start()
-    await rig.wait_jobs(1, JobState.done)
+    await rig.wait_jobs(2, JobState.done)
     await wait_for(lambda: rig.listing(rig.input) == set(), 5, "both photos to move")
     assert rig.listing(rig.processed) == {"once.jpg", "once copy.jpg"}
-    assert len(rig.worker.jobs) == 1
+    assert {"once.mp4", "once copy.mp4"} <= rig.listing(rig.output)
 
     rig.drop("once.jpg", data)  # dropped again after the job finished: a new job
-    jobs = await rig.wait_jobs(2, JobState.done)
-    assert len(jobs) == 2 and jobs[1].spec.name == "once-2"
+    jobs = await rig.wait_jobs(3, JobState.done)
+    assert len(jobs) == 3 and jobs[2].spec.name == "once-2"
     await rig.wait_file(rig.processed / "once-2.jpg")
 
 
@@ -165,3 +167,29 @@ async def test_a_photo_replaced_while_pending_is_not_swept_away(rig):
     await rig.wait_file(rig.processed / "same name.jpg")
     assert (rig.processed / "same name.jpg").read_bytes() == photo_bytes(12)
     assert rig.listing(rig.input) == set()
+
+
+async def test_after_a_restart_the_same_file_is_its_job_and_an_equal_copy_is_a_new_one(rig, tmp_path):
+    from .conftest import Rig
+
+    data = photo_bytes(21)
+    await rig.start(worker=False)
+    rig.drop("a.jpg", data)
+    (first,) = await rig.wait_jobs(1)
+    await rig.close()  # the daemon stops with the job still queued
+
+    rig.drop("b.jpg", data)  # an equal copy under another name, dropped while it was down
+    again = Rig(tmp_path)
+    try:
+        await again.start(worker=False)
+        jobs = await again.wait_jobs(2)
+        await quiet()
+        jobs = await again.jobs()
+        assert [j.spec.original_name for j in jobs] == ["a.jpg", "b.jpg"], "a.jpg was queued twice"
+        assert jobs[0].id == first.id
+        again.worker.start()
+        await again.wait_jobs(2, JobState.done)
+        await wait_for(lambda: again.listing(again.processed) == {"a.jpg", "b.jpg"}, 5, "both photos to move")
+        assert {"a.mp4", "b.mp4"} <= again.listing(again.output)
+    finally:
+        await again.close()

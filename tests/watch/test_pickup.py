@@ -124,14 +124,15 @@ async def test_symlink_inside_the_input_folder_is_followed(rig):
     real.write_bytes(photo_bytes(44))
     os.symlink(real, rig.input / "alias.jpg")
     await rig.start(worker=False)
-    # Same bytes while pending: one job (dedupe); both names go to processed/ when it is done.
-    await rig.wait_jobs(1)
-    await quiet()
-    assert len(await rig.jobs()) == 1
+    # Two names in the folder: two photos, two videos (only the same file seen twice is merged).
+    jobs = await rig.wait_jobs(2)
+    assert sorted(j.spec.original_name for j in jobs) == ["alias.jpg", "real.jpg"]
+    assert len({j.content_hash for j in jobs}) == 1
     rig.worker.start()
     await wait_for(lambda: rig.listing(rig.input) == set(), 5, "input to empty")
-    assert len(await rig.jobs()) == 1
+    assert len(await rig.jobs()) == 2
     assert rig.listing(rig.processed) == {"real.jpg", "alias.jpg"}
+    assert {"real.mp4", "alias.mp4"} <= rig.listing(rig.output)
 
 
 async def test_rescan_finds_photos_without_the_observer(rig):

@@ -62,3 +62,29 @@ def _delivered_all(rig, ids):
     async def check():
         return all([(await rig.queue.get(i)).delivered for i in ids])
     return check
+
+
+@pytest.mark.timeout(240)
+async def test_four_copies_of_one_photo_give_four_videos_named_after_each(rig):
+    await rig.open_queue()
+    rig.real_worker = Worker(rig.cfg, rig.queue, Renderer(rig.cfg))
+    await rig.real_worker.load()
+    names = ["photo.jpg", "photo2.jpg", "photo3.jpg", "photo4.jpg"]
+    data = photo_bytes(5, size=(64, 96), noise=True)
+    for n in names:
+        rig.drop(n, data)
+    await rig.start(worker=False)
+    jobs = await rig.wait_jobs(4, timeout=10)
+    assert sorted(j.spec.original_name for j in jobs) == names
+    rig.real_worker.start()
+    await wait_for(_final(rig, [j.id for j in jobs]), 180, "four jobs to finish")
+    await wait_for(lambda: rig.listing(rig.processed) == set(names), 10, "all four photos to move")
+    for n in names:
+        job = next(j for j in jobs if j.spec.original_name == n)
+        job = await rig.queue.get(job.id)
+        assert job.state == JobState.done, job.error
+        stem = n.rsplit(".", 1)[0]
+        assert job.spec.name == stem and job.result.output == str(rig.output / f"{stem}.mp4")
+        with av.open(job.result.output) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 5
+    assert rig.listing(rig.input) == set()

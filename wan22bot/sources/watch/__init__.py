@@ -13,9 +13,11 @@ How a photo travels:
 3. Checked: header probe (type, bytes, megapixels), a full decode (a truncated file fails here) and
    the companions (`<photo>.txt`/`<stem>.txt` prompt, `<photo>.toml`/`<stem>.toml` options; see
    sidecars.py). A photo that fails goes to the failed folder with `<photo>.error.txt`: no job.
-4. Queued with content-hash dedupe: the same photo dropped twice while the first is pending is one
-   job; dropped again after that job finished, it is a new one. While pending it stays where it is.
-   A full queue leaves it in place and it is retried when the queue moves.
+4. Queued: every file dropped gets its own job and its own video, named after it; four copies of
+   one photo under four names are four jobs. Only the same file seen twice (same path, and after a
+   restart the same device, inode, size and mtime) is recognised as its job. While pending it
+   stays where it is; dropped again after its job finished, it is a new job. A full queue leaves it
+   in place and it is retried when the queue moves.
 5. Delivered: on done the photo (and companions) move to the processed folder; on failed or
    cancelled to the failed folder with the job's error in `<photo>.error.txt`. Nothing is ever
    overwritten (`cat-2.jpg` on collision). Then the job is marked delivered; at start the jobs that

@@ -8,6 +8,7 @@ delivery.py and the observer thread in observer.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 from ...config import Config
 from ...errors import ConfigError, InputError, Wan22Error
 from ...images import probe_photo
-from ...jobs import JobOptions, JobSpec
+from ...jobs import JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
 from .. import sidecars
 from .delivery import Outside, Replaced, destination, move_if_there, short
@@ -38,7 +39,6 @@ class FolderSource:
         self.observe = observe
         self._pending = Settler(cfg.watch.settle_seconds)
         self._submitted: dict[str, str] = {}  # photo path -> job id (pending here, or its move failed)
-        self._job_photos: dict[str, list[str]] = {}  # job id -> photos waiting on it (dedupe adds more)
         self._delivered: set[str] = set()
         self._logged: set[tuple] = set()  # (path, reason) already logged, so rescans do not repeat it
         self._full_logged = False
@@ -108,10 +108,34 @@ class FolderSource:
         self.queue.add_listener(self._on_event)
         for job in await self.queue.undelivered(self.name):
             await self._deliver(job)
+        await self._resume_pending()
         await asyncio.to_thread(self._start_observer)  # before the first scan: nothing falls between
         self._rescan_now = True
         self._task = asyncio.create_task(self._run(), name="watch")
         log.info("watch: watching %s (settle %.1f s)", self.input_dir, self.settle_seconds)
+
+    async def _resume_pending(self) -> None:
+        """Photos still waiting for a job queued before a restart are that job, not new ones; only the
+        same file counts (same path and identity), never equal bytes under another name."""
+        jobs = await self.queue.list(states=[JobState.queued, JobState.running], source=self.name, limit=1_000_000)
+        matched = await asyncio.to_thread(lambda: [j for j in jobs if self._still_there(j)])
+        for job in matched:
+            self._submitted[job.spec.reply["path"]] = job.id
+
+    def _still_there(self, job: Job) -> bool:
+        """Blocking: the job's photo is still in the input folder, as the same file."""
+        path = job.spec.reply.get("path")
+        if not isinstance(path, str) or not path or Path(path).parent != self.input_dir:
+            return False
+        seen = job.spec.reply.get("identity")
+        if seen:
+            return file_identity(Path(path)) == tuple(seen)
+        # Jobs journaled before identities were kept: the same path with the same bytes.
+        try:
+            with open(path, "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest() == job.content_hash
+        except OSError:
+            return False
 
     async def stop(self) -> None:
         self.queue.remove_listener(self._on_event)
@@ -277,6 +301,7 @@ class FolderSource:
         data = p.read_bytes()
         if self._observe_file(p) != sig:
             return None
+        identity = file_identity(p)
         stem = Path(p.name).stem
         spec = JobSpec(
             source="watch",
@@ -287,7 +312,9 @@ class FolderSource:
             name=p.name if "." in stem else stem,
             options=options,
             user=None,
-            reply={"path": str(p)},
+            # Path and identity together say "the same file seen again" after a restart; equal bytes
+            # under another name are another photo and get their own video.
+            reply={"path": str(p), "identity": list(identity) if identity else None},
         )
         return spec, data
 
@@ -314,7 +341,7 @@ class FolderSource:
             return True
         spec, data = prepared
         try:
-            job, created = await self.queue.submit(spec, data, dedupe=True)
+            job, _created = await self.queue.submit(spec, data)
         except QueueFull as exc:
             pend.not_before = time.monotonic() + max(self.rescan_seconds, self.poll_seconds)
             if not self._full_logged:
@@ -328,17 +355,7 @@ class FolderSource:
         self._full_logged = False
         self._pending.discard(key)
         self._submitted[key] = job.id
-        self._job_photos.setdefault(job.id, [])
-        if key not in self._job_photos[job.id]:
-            self._job_photos[job.id].append(key)
-        if created:
-            log.info("job %s: %s queued from the watched folder", job.id, p.name)
-            return True
-        log.info("job %s: %s is the same photo as one already pending; it goes with that job", job.id, p.name)
-        # The job may have finished (and been delivered) while the submit ran: deliver this one too.
-        fresh = await self.queue.get(job.id)
-        if fresh is not None and fresh.state.final:
-            await self._deliver(fresh, force=True)
+        log.info("job %s: %s queued from the watched folder", job.id, p.name)
         return True
 
     async def _fail_photo(self, p: Path, reason: str) -> None:
@@ -365,21 +382,16 @@ class FolderSource:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _deliver(self, job: Job, *, force: bool = False) -> None:
+    async def _deliver(self, job: Job) -> None:
         assert self._deliver_lock is not None
         async with self._deliver_lock:
-            if job.id in self._delivered and not force:
+            if job.id in self._delivered:
                 return
             state = job.state.value
             if state not in _FINAL:
                 return
-            photos = []
             reply = job.spec.reply.get("path")
-            if isinstance(reply, str) and reply:
-                photos.append(reply)
-            for extra in self._job_photos.get(job.id, []):
-                if extra not in photos:
-                    photos.append(extra)
+            photos = [reply] if isinstance(reply, str) and reply else []
             dest, error = destination(state, job.error, self.processed_dir, self.failed_dir)
             ok = True
             for key in photos:
@@ -414,8 +426,16 @@ class FolderSource:
             if ok:
                 await self.queue.mark_delivered(job.id)
                 self._delivered.add(job.id)
-                self._job_photos.pop(job.id, None)
 
     def _release(self, key: str, job_id: str) -> None:
         if self._submitted.get(key) == job_id:
             del self._submitted[key]
+
+
+def file_identity(p: Path) -> tuple[int, int, int, int] | None:
+    """Blocking: (device, inode, size, mtime) of the file `p` names (links followed); None when gone."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
