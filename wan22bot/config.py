@@ -144,9 +144,23 @@ class GenerationConfig(_Section):
         return v
 
 
+def default_rife_weights() -> Path:
+    """Where `wan22bot fetch-rife` puts the RIFE weights and where interpolation looks for them by
+    default: ``$WAN22BOT_CACHE``, else ``$XDG_CACHE_HOME/wan22bot``, else ``~/.cache/wan22bot``,
+    then ``rife/flownet.pkl``. One place, so a fresh clone's fetch and run agree."""
+    root = os.environ.get("WAN22BOT_CACHE")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        # the XDG spec says a relative value is invalid and must be ignored
+        base = (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "wan22bot"
+    return base / "rife" / "flownet.pkl"
+
+
 class InterpolationConfig(_Section):
     enabled: bool = False
-    weights: Path = Path("./weights/rife/flownet.pkl")
+    weights: Path = Field(default_factory=default_rife_weights)
     batch: int = Field(8, ge=1, le=256)
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
@@ -196,6 +210,11 @@ class HttpConfig(_Section):
 class QueueConfig(_Section):
     max_length: int = Field(100, ge=1, le=100000)
     max_attempts: int = Field(3, ge=1, le=100)
+    # Finished jobs' journal rows are deleted after this many days, once delivered (0 = keep forever).
+    keep_finished_days: float = Field(30.0, ge=0.0)
+    # No word from the GPU thread for this long while it loads or runs a job = stuck: /healthz says
+    # so and the systemd watchdog pings stop, so systemd restarts the daemon.
+    stall_minutes: float = Field(15.0, gt=0.0)
 
 
 class SchedulerConfig(_Section):
@@ -209,7 +228,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
-    interpolation: InterpolationConfig = InterpolationConfig()
+    interpolation: InterpolationConfig = Field(default_factory=InterpolationConfig)
     watch: WatchConfig = WatchConfig()
     discord: DiscordConfig = DiscordConfig()
     http: HttpConfig = HttpConfig()
@@ -274,8 +293,9 @@ def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) 
     if not p.exists():
         if required:
             raise ConfigError(f"config file {p} does not exist (pass -c PATH, or create it from the README)")
-        cfg = Config()
-        return cfg
+        # built-in defaults are relative to where wan22bot was started; pin them now so the
+        # journal never stores a path that changes meaning with the working directory
+        return resolve_paths(Config(), Path.cwd())
     try:
         raw = p.read_bytes()
         data = tomllib.loads(raw.decode("utf-8-sig"))
@@ -285,7 +305,7 @@ def load_config(path: str | os.PathLike[str] | None, *, required: bool = False) 
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    cfg = resolve_paths(config_from_dict(data, str(p)), p.parent)
+    cfg = resolve_paths(config_from_dict(data, str(p)), p.absolute().parent)
     object.__setattr__(cfg, "source", p)
     return cfg
 

@@ -1,15 +1,25 @@
 """`wan22bot run`: wiring, signals and lifecycle (the daemon systemd starts).
 
-Start: journal recovery -> models (at start, or lazily) -> worker -> sources -> scheduler -> READY.
+Start: state folder checked and locked -> journal recovery -> models (at start, or lazily) ->
+worker -> sources -> scheduler -> READY. Every step that started registers its own undo on one
+AsyncExitStack, so whatever fails (a port already taken, a bad token, a model that will not load)
+the steps that did start are undone in reverse order: sources stopped, worker stopped, journal
+closed, lock released, STOPPING sent.
+
 SIGTERM/SIGINT: stop taking work, checkpoint the running job at its next step (it is re-queued),
-stop sources, exit 0. SIGHUP: reload the config file for the sources; the queue is untouched.
+stop sources, exit 0. The model load runs in the GPU thread, so a signal during it is acted on at
+once: the load's result is dropped and the process leaves without waiting for it (or for READY).
+SIGHUP: reload the config file for the sources; the queue is untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 from .config import Config, load_config
@@ -17,6 +27,7 @@ from .errors import ConfigError
 from .notify import Notifier
 from .queue import JobQueue
 from .render import Renderer
+from .statedir import StateLock, check_writable
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -27,14 +38,15 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.notifier = Notifier()
-        self.queue = JobQueue(cfg.paths.state, cfg.paths.output, max_length=cfg.queue.max_length,
-                              max_attempts=cfg.queue.max_attempts)
-        self.renderer = Renderer(cfg)
-        self.worker = Worker(cfg, self.queue, self.renderer)
+        self.queue: JobQueue | None = None
+        self.renderer: Renderer | None = None
+        self.worker: Worker | None = None
         self.sources: list = []
         self.scheduler = None
+        self.lock = StateLock(cfg.paths.state, "daemon")
         self._stop = asyncio.Event()
-        self._bg: list[asyncio.Task] = []
+        self._watchdog_ok = True
+        self.abandoned_load = False  # the process must not wait for a model load left running
 
     def build_sources(self) -> list:
         srcs = []
@@ -52,41 +64,102 @@ class Daemon:
             srcs.append(DiscordSource(self.cfg, self.queue, self.worker))
         return srcs
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        if self.cfg.http.enabled:
+    def _preflight(self) -> None:
+        """Cheap checks that must fail before minutes of model loading, in a fixed order."""
+        cfg = self.cfg
+        check_writable(Path(cfg.paths.state))
+        self.lock.acquire()
+        if cfg.http.enabled:
             from .sources.http import read_token
 
-            read_token(self.cfg)  # a missing required token stops us before minutes of model loading
-        if self.cfg.interpolation.enabled and not Path(self.cfg.interpolation.weights).is_file():
-            raise ConfigError(f"interpolation.enabled is on but {self.cfg.interpolation.weights} does not exist: "
+            read_token(cfg)  # a missing required token stops us before minutes of model loading
+        if cfg.interpolation.enabled and not Path(cfg.interpolation.weights).is_file():
+            raise ConfigError(f"interpolation.enabled is on but {cfg.interpolation.weights} does not exist: "
                               "run `wan22bot fetch-rife` first (or turn interpolation off)")
-        for p in (self.cfg.paths.input, self.cfg.paths.output, self.cfg.paths.state):
-            Path(p).mkdir(parents=True, exist_ok=True)
-        await self.queue.start()
-        self.queue.add_listener(self._on_event)
-        if self.cfg.model.load == "start":
-            self.notifier.status("loading models")
-            await self.worker.load()
-        self.worker.start()
-        self.sources = self.build_sources()
-        for s in self.sources:
-            await s.start()
-        from .scheduler import Housekeeper
+        for p in (cfg.paths.input, cfg.paths.output):
+            try:
+                Path(p).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the folder {p} ({exc.strerror}): create it or fix [paths]") from None
 
-        self.scheduler = Housekeeper(self.cfg, self.queue, self.worker)
-        self.scheduler.start()
-        if self.notifier.watchdog_seconds:
-            self._bg.append(asyncio.create_task(self._watchdog()))
-        counts = await self.queue.counts()
-        self.notifier.ready(self._status_text(counts))
-        log.info("wan22bot ready: %s", ", ".join(s.name for s in self.sources) or "no sources enabled")
-        await self._stop.wait()
-        await self.shutdown()
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.notifier.stopping)  # last out: whatever happened, systemd hears it
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig)
+                stack.callback(loop.remove_signal_handler, sig)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+            self._preflight()  # a second daemon on this state folder stops here, with one line
+            stack.callback(self.lock.release)
+            log.info("wan22bot starting: config %s; state %s; model %s on %s",
+                     self.config_path or "(built-in defaults)", cfg.paths.state, cfg.model.kind, cfg.model.device)
+
+            self.queue = JobQueue(cfg.paths.state, cfg.paths.output, max_length=cfg.queue.max_length,
+                                  max_attempts=cfg.queue.max_attempts)
+            stack.push_async_callback(self.queue.close)
+            await self.queue.start()
+            self.queue.add_listener(self._on_event)
+            self.renderer = Renderer(cfg)
+            self.worker = Worker(cfg, self.queue, self.renderer)
+            stack.push_async_callback(self._stop_worker)
+
+            if cfg.model.load == "start":
+                self.notifier.status("loading models")
+                if not await self._until_stopped(self.worker.load()):
+                    log.info("stopped during the model load; the load is abandoned")
+                    self.abandoned_load = True
+                    return 0
+            self.worker.start()
+
+            self.sources = []
+            for s in self.build_sources():
+                await s.start()
+                self.sources.append(s)
+                stack.push_async_callback(self._stop_source, s)
+            from .scheduler import Housekeeper
+
+            self.scheduler = Housekeeper(cfg, self.queue, self.worker)
+            self.scheduler.start()
+            stack.callback(self.scheduler.stop)
+            if self.notifier.watchdog_seconds:
+                wd = asyncio.create_task(self._watchdog(), name="watchdog")
+                stack.callback(wd.cancel)
+            if self._stop.is_set():
+                return 0
+            counts = await self.queue.counts()
+            self.notifier.ready(self._status_text(counts))
+            log.info("ready: %s", self._ready_text())
+            await self._stop.wait()
+        log.info("stopped")
         return 0
+
+    async def _until_stopped(self, coro) -> bool:
+        """Await `coro` unless a stop is requested first; True when it finished."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # a failed load is raised here
+            return True
+        task.cancel()  # only the await: the GPU thread finishes (or not) on its own
+        return False
+
+    async def _stop_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop(wait_for_gpu=not self.abandoned_load)
+
+    async def _stop_source(self, s) -> None:
+        try:
+            await s.stop()
+        except Exception:
+            log.exception("stopping %s failed", s.name)
 
     def request_stop(self, sig: int | None = None) -> None:
         if not self._stop.is_set():
@@ -111,28 +184,42 @@ class Daemon:
             log.info("SIGHUP: config reloaded for the sources (model settings apply at the next restart)")
         self.notifier.ready()
 
-    async def shutdown(self) -> None:
-        for s in self.sources:
-            try:
-                await s.stop()
-            except Exception:
-                log.exception("stopping %s failed", s.name)
-        if self.scheduler:
-            self.scheduler.stop()
-        await self.worker.stop()
-        for t in self._bg:
-            t.cancel()
-        await self.queue.close()
-        log.info("stopped")
-
     async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the worker is healthy: a stuck or dead worker stops the pings, so
+        systemd's WatchdogSec restarts the daemon."""
         interval = max(0.5, (self.notifier.watchdog_seconds or 10) / 2)
         while True:
-            self.notifier.watchdog()
+            self.watchdog_tick()
             await asyncio.sleep(interval)
 
+    def watchdog_tick(self) -> bool:
+        h = self.worker.health() if self.worker is not None else None
+        if h is None or h.ok:
+            if not self._watchdog_ok:
+                log.info("worker healthy again (%s); watchdog pings resume", h.state if h else "no worker")
+            self._watchdog_ok = True
+            self.notifier.watchdog()
+            return True
+        if self._watchdog_ok:
+            log.error("worker unhealthy (%s: %s): watchdog pings stop so systemd restarts the daemon",
+                      h.state, h.detail)
+            self.notifier.status(f"worker {h.state}: {h.detail}")
+        self._watchdog_ok = False
+        return False
+
+    def _ready_text(self) -> str:
+        parts = []
+        for s in self.sources:
+            if s.name == "watch":
+                parts.append(f"watching {self.cfg.paths.input}")
+            elif s.name == "http":
+                parts.append(f"http on {getattr(s, 'url', f'{self.cfg.http.host}:{self.cfg.http.port}')}")
+            else:
+                parts.append(s.name)
+        return ", ".join(parts) or "no sources enabled"
+
     def _status_text(self, counts: dict[str, int]) -> str:
-        running = self.worker.current
+        running = self.worker.current if self.worker else None
         head = f"running {running.spec.original_name}" if running else "idle"
         return f"{head}; {counts.get('queued', 0)} queued, {counts.get('done', 0)} done, {counts.get('failed', 0)} failed"
 
@@ -142,4 +229,13 @@ class Daemon:
 
 
 def run_daemon(cfg: Config, config_path: Path | None = None) -> int:
-    return asyncio.run(Daemon(cfg, config_path).run())
+    daemon = Daemon(cfg, config_path)
+    code = asyncio.run(daemon.run())
+    if daemon.abandoned_load:
+        # the GPU thread is still inside a model load; the interpreter's exit would wait on its
+        # imports and locks, so leave now (the journal is closed and the lock released already)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,8 +1,10 @@
 """Periodic housekeeping with APScheduler: pruning, idle model unload, journal maintenance.
 
 Pruning removes finished jobs' spooled photos, and videos (with their sidecars) older than
-`retention_days`; over `disk_quota_gb`, the oldest videos go first. Only files wan22bot wrote are
-touched: it never walks outside the output and spool folders.
+`retention_days`; over `disk_quota_gb`, the oldest videos go first. Only videos the journal wrote
+and has delivered are candidates: a user's own files in the output folder, and videos not yet
+handed back, are never touched. Finished journal rows are deleted after `[queue]
+keep_finished_days` once delivered, never before their video's own retention has run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -18,12 +21,22 @@ from .config import Config
 from .jobs import JobState
 
 log = logging.getLogger(__name__)
+DAY = 86400.0
 
 
-def prune_outputs(output: Path, retention_days: float, quota_gb: float, now: float | None = None) -> list[Path]:
-    """Delete old MP4s (and their .json) by age, then oldest-first down to the quota. Returns removed MP4s."""
+def prune_outputs(output: Path, retention_days: float, quota_gb: float, now: float | None = None, *,
+                  owned: Iterable[Path]) -> list[Path]:
+    """Delete old MP4s (and their .json) by age, then oldest-first down to the quota. Returns removed MP4s.
+
+    `owned`: the MP4s housekeeping may delete (the journal's delivered videos). Only those lying
+    directly in `output` count; the quota is measured over them alone.
+    """
     now = now or time.time()
-    videos = sorted((p for p in Path(output).glob("*.mp4") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    folder = Path(output).absolute()
+    videos = sorted({Path(p).absolute() for p in owned
+                     if Path(p).suffix == ".mp4" and Path(p).absolute().parent == folder
+                     and Path(p).is_file()},
+                    key=lambda p: p.stat().st_mtime)
     removed: list[Path] = []
 
     def remove(p: Path) -> None:
@@ -32,20 +45,23 @@ def prune_outputs(output: Path, retention_days: float, quota_gb: float, now: flo
         removed.append(p)
 
     if retention_days > 0:
-        cutoff = now - retention_days * 86400
+        cutoff = now - retention_days * DAY
         for p in list(videos):
             if p.stat().st_mtime < cutoff:
                 remove(p)
                 videos.remove(p)
     if quota_gb > 0:
         limit = quota_gb * 2**30
-        total = sum(p.stat().st_size + (p.with_suffix(".json").stat().st_size if p.with_suffix(".json").exists() else 0)
-                    for p in videos)
+
+        def size(p: Path) -> int:
+            side = p.with_suffix(".json")
+            return p.stat().st_size + (side.stat().st_size if side.exists() else 0)
+
+        total = sum(size(p) for p in videos)
         for p in list(videos):
             if total <= limit:
                 break
-            side = p.with_suffix(".json")
-            total -= p.stat().st_size + (side.stat().st_size if side.exists() else 0)
+            total -= size(p)
             remove(p)
     return removed
 
@@ -77,14 +93,27 @@ class Housekeeper:
     async def housekeeping(self) -> None:
         s = self.cfg.scheduler
         loop = asyncio.get_running_loop()
-        removed = await loop.run_in_executor(None, prune_outputs, self.cfg.paths.output, s.retention_days,
-                                             s.disk_quota_gb)
+        owned = [mp4 for _jid, mp4, _side in await self.queue.run_db(self.queue.journal.delivered_outputs)]
+        removed = await loop.run_in_executor(
+            None, lambda: prune_outputs(self.cfg.paths.output, s.retention_days, s.disk_quota_gb, owned=owned))
         for p in removed:
             log.info("housekeeping: removed %s", p.name)
         spooled = await self.prune_spool()
+        rows = await self.prune_rows()
         self.last_run["housekeeping"] = time.time()
-        if removed or spooled:
-            log.info("housekeeping: %d videos and %d spooled photos removed", len(removed), spooled)
+        if removed or spooled or rows:
+            log.info("housekeeping: %d videos, %d spooled photos and %d finished journal rows removed",
+                     len(removed), spooled, rows)
+
+    async def prune_rows(self, now: float | None = None) -> int:
+        """Delivered finished rows older than keep_finished_days go (0 keeps them forever). A row
+        outlives its video's retention, so the video is pruned by its own rule first."""
+        keep = self.cfg.queue.keep_finished_days
+        if keep <= 0:
+            return 0
+        keep = max(keep, self.cfg.scheduler.retention_days)
+        cutoff = (now or time.time()) - keep * DAY
+        return await self.queue.run_db(self.queue.journal.prune_finished, cutoff)
 
     async def prune_spool(self) -> int:
         """Spooled photos of finished jobs are kept a day (for retries by hand), then removed."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from wan22bot.config import Config, PathsConfig, SchedulerConfig
-from wan22bot.jobs import JobSpec, JobState
+from wan22bot.jobs import JobResult, JobSpec, JobState
 from wan22bot.queue import JobQueue
 from wan22bot.scheduler import Housekeeper
 
@@ -96,7 +96,11 @@ async def test_housekeeping_pass_prunes_outputs_and_spool(tmp_path):
         os.utime(old_mp4, (t, t))
         job, _ = await q.submit(_spec("a.jpg"), b"photo")
         running = await q.next_job()
-        await q.finish(running, JobState.done)
+        # the old video is this job's output, delivered: the only kind housekeeping may delete
+        await q.finish(running, JobState.done, result=JobResult(
+            output=str(old_mp4), sidecar=str(out / "old.json"), timings={}, frames=5, fps=16, width=64,
+            height=96, seed=1, bytes=1))
+        await q.mark_delivered(job.id)
         _age_finished(cfg.paths.state / "jobs.sqlite", job.id, 2 * DAY)
         hk = Housekeeper(cfg, q, worker=None)
         before = time.time()

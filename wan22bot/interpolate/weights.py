@@ -78,10 +78,11 @@ SOFTWARE.
 
 # ---------------------------------------------------------------------------------- paths / dtypes
 def default_weights_cache() -> Path:
-    """``$WAN22BOT_CACHE/rife/flownet.pkl``, or ``~/.cache/wan22bot/rife/flownet.pkl``."""
-    root = os.environ.get("WAN22BOT_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "wan22bot"
-    return base / "rife" / "flownet.pkl"
+    """The one default location, shared with ``[interpolation] weights``: ``$WAN22BOT_CACHE``,
+    else ``$XDG_CACHE_HOME/wan22bot``, else ``~/.cache/wan22bot``, then ``rife/flownet.pkl``."""
+    from ..config import default_rife_weights
+
+    return default_rife_weights()
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import inspect
 import logging
-import os
 import re
 import threading
 import uuid
@@ -21,7 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import DiskFull, Wan22Error
+from ..errors import Wan22Error
+from ..fsutil import atomic_write
 from ..jobs import JobResult, JobSpec, JobState
 from .journal import Journal
 from .models import Job, JobEvent
@@ -57,9 +57,10 @@ def sha256_bytes(data: bytes) -> str:
 
 class JobQueue:
     def __init__(self, state_dir: Path, output_dir: Path, *, max_length: int = 100, max_attempts: int = 3):
-        self.state_dir = Path(state_dir)
+        # absolute, so the journal never stores a path whose meaning depends on the working directory
+        self.state_dir = Path(state_dir).absolute()
         self.spool = self.state_dir / "spool"
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).absolute()
         self.max_length = max_length
         self.max_attempts = max_attempts
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,10 @@ class JobQueue:
     async def start(self) -> tuple[list[str], list[str]]:
         self._wakeup = asyncio.Event()
         self._submit_lock = asyncio.Lock()
+        migrated = await self._run(self.journal.absolutize_paths, self.spool, self.output_dir)
+        if migrated:
+            log.info("journal: %d jobs had paths relative to an old working directory; re-anchored in %s and %s",
+                     migrated, self.spool, self.output_dir)
         requeued, failed = await self._run(self.journal.recover, self.max_attempts)
         for jid in requeued:
             log.info("job %s: re-queued after an unclean stop", jid)
@@ -170,9 +175,24 @@ class JobQueue:
     # ------------------------------------------------------------------ worker side
     async def next_job(self) -> Job:
         assert self._wakeup is not None, "start() first"
+        loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            job = await self._run(self.journal.claim_next)
+            # The claim runs to its end in the journal thread even when this task is cancelled
+            # (shutdown): then the job is put back as if never claimed, not left running with an
+            # attempt spent.
+            fut = loop.run_in_executor(self._db, self.journal.claim_next)
+            try:
+                job = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                try:
+                    claimed = await fut
+                except asyncio.CancelledError:
+                    claimed = None  # never started in the journal thread
+                if claimed is not None:
+                    await loop.run_in_executor(self._db, self.journal.unclaim, claimed)
+                    log.info("job %s: claim undone by shutdown; still queued", claimed.id)
+                raise
             if job is not None:
                 self._cancel[job.id] = threading.Event()
                 self.publish(JobEvent(job, "started"))
@@ -262,17 +282,5 @@ class JobQueue:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        import errno
-
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull("no space left in the state folder to accept the photo") from None
-        raise
+    # the spool folder is fsynced too: an acknowledged photo's name must survive a power cut
+    atomic_write(path, data, disk_full="no space left in the state folder to accept the photo")

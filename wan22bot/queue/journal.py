@@ -37,10 +37,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_hash ON jobs(content_hash, state);
+-- the claim's "when was this lane last served" is a MAX over one lane: with this index it is one
+-- index lookup per queued lane instead of a scan of every finished row
+CREATE INDEX IF NOT EXISTS jobs_lane_started ON jobs(lane, started);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 COLUMNS = "seq, id, state, spec, created, started, finished, attempts, error, result, delivered, content_hash, progress"
+
+# The next job: round-robin over lanes (the lane served longest ago first), FIFO within a lane.
+CLAIM_SQL = f"""
+SELECT {COLUMNS} FROM jobs j WHERE j.state = 'queued'
+ORDER BY (SELECT COALESCE(MAX(s.started), 0) FROM jobs s WHERE s.lane = j.lane AND s.started IS NOT NULL),
+         j.seq
+LIMIT 1
+"""
 
 
 def _row_to_job(r: tuple[Any, ...]) -> Job:
@@ -116,24 +128,24 @@ class Journal:
         """
 
         def tx(db: sqlite3.Connection) -> Job | None:
-            row = db.execute(
-                f"""
-                SELECT {COLUMNS} FROM jobs j WHERE j.state = 'queued'
-                ORDER BY (SELECT COALESCE(MAX(s.started), 0) FROM jobs s WHERE s.lane = j.lane AND s.started IS NOT NULL),
-                         j.seq
-                LIMIT 1
-                """
-            ).fetchone()
+            row = db.execute(CLAIM_SQL).fetchone()
             if row is None:
                 return None
             job = _row_to_job(row)
             now = time.time()
             db.execute("UPDATE jobs SET state='running', started=?, attempts=attempts+1, progress=NULL WHERE id=?",
                        (now, job.id))
+            job.claimed_from = job.started  # what unclaim() puts back
             job.state, job.started, job.attempts, job.progress = JobState.running, now, job.attempts + 1, {}
             return job
 
         return self._tx(tx)
+
+    def unclaim(self, job: Job) -> None:
+        """Undo a claim whose job never started (the claimer was cancelled): queued again, as if the
+        claim had not happened - same attempts, same place in its lane's turn."""
+        self._q("UPDATE jobs SET state='queued', started=?, attempts=MAX(attempts-1, 0), progress=NULL "
+                "WHERE id=? AND state='running'", (job.claimed_from, job.id))
 
     def finish(self, job_id: str, state: JobState, *, error: str | None = None, result: JobResult | None = None) -> None:
         self._q(
@@ -166,6 +178,57 @@ class Journal:
             return requeued, failed
 
         return self._tx(tx)
+
+    def absolutize_paths(self, spool: Path, output: Path) -> int:
+        """Rows written by older versions hold paths relative to the directory that daemon was
+        started in, which a restart elsewhere cannot resolve. The queue only ever put spooled
+        photos in the spool folder and videos in the output folder, so each relative path is
+        re-anchored by its file name there. Returns how many rows changed."""
+
+        def anchor(value: str | None, folder: Path) -> str | None:
+            if not value or Path(value).is_absolute():
+                return value
+            return str(folder / Path(value).name)
+
+        def tx(db: sqlite3.Connection) -> int:
+            n = 0
+            rows = db.execute(
+                "SELECT id, spec, result FROM jobs WHERE substr(json_extract(spec, '$.input_path'), 1, 1) != '/' "
+                "OR substr(json_extract(result, '$.output'), 1, 1) != '/'").fetchall()
+            for jid, spec_json, result_json in rows:
+                spec = JobSpec.model_validate_json(spec_json)
+                new_spec = spec.model_copy(update={"input_path": anchor(spec.input_path, spool) or ""})
+                new_result = None
+                if result_json:
+                    r = JobResult.model_validate_json(result_json)
+                    new_result = r.model_copy(update={"output": anchor(r.output, output),
+                                                      "sidecar": anchor(r.sidecar, output)})
+                if new_spec != spec or (new_result is not None and new_result.model_dump_json() != result_json):
+                    db.execute("UPDATE jobs SET spec=?, result=? WHERE id=?",
+                               (new_spec.model_dump_json(), new_result.model_dump_json() if new_result else None,
+                                jid))
+                    n += 1
+            return n
+
+        return self._tx(tx)
+
+    def prune_finished(self, cutoff: float) -> int:
+        """Delete finished rows older than `cutoff` that have been delivered. Returns the count."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ? AND delivered=1 "
+                "AND state IN ('done','failed','cancelled')", (cutoff,))
+            return cur.rowcount
+
+    def delivered_outputs(self) -> list[tuple[str, Path, Path]]:
+        """(job id, video, sidecar) of every delivered finished job: the only videos housekeeping
+        may delete. A video not yet delivered, or a file the journal never wrote, is never listed."""
+        rows = self._q("SELECT id, result FROM jobs WHERE state='done' AND delivered=1 AND result IS NOT NULL")
+        out = []
+        for jid, result_json in rows:
+            r = JobResult.model_validate_json(result_json)
+            out.append((jid, Path(r.output), Path(r.sidecar)))
+        return out
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self._q("UPDATE jobs SET progress=? WHERE id=?", (json.dumps(progress), job_id))

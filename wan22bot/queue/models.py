@@ -23,6 +23,8 @@ class Job:
     delivered: bool = False
     content_hash: str | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    # set by a claim: the lane clock before it, so a claim undone by cancellation leaves no trace
+    claimed_from: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def source(self) -> str:
