@@ -123,7 +123,7 @@ class Interpolator:
 
         ``progress(done_pairs, total_pairs)`` is called after each batch. N=1 returns one frame.
         """
-        model = self.load().model
+        self.load()
         as_numpy = isinstance(frames, np.ndarray)
         src = self._as_device_tensor(frames)
         n, h, w, _ = src.shape
@@ -137,26 +137,11 @@ class Interpolator:
             out = torch.empty((2 * n - 1, h, w, 3), dtype=torch.uint8, device=self.device)
         out[0::2] = src if src.dtype == torch.uint8 else to_uint8(src.clamp(0.0, 1.0))
 
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        try:
-            with torch.inference_mode():
-                for start in range(0, total, self.batch):
-                    stop = min(start + self.batch, total)
-                    chunk = src[start : stop + 1].permute(0, 3, 1, 2)
-                    if chunk.dtype == torch.uint8:
-                        x = chunk.to(self.dtype).div_(255.0)
-                    else:
-                        x = chunk.to(self.dtype).clamp_(0.0, 1.0)
-                    x = x.contiguous(memory_format=fmt)
-                    mids = model.middles(x, 0.5, self.scale)  # float32 (k, 3, H, W)
-                    out[2 * start + 1 : 2 * stop : 2] = to_uint8(mids.permute(0, 2, 3, 1))
-                    if progress is not None:
-                        progress(stop, total)
-        except torch.cuda.OutOfMemoryError:
-            raise OutOfMemory(
-                f"RIFE ran out of GPU memory interpolating {w}x{h} frames {self.batch} pairs at a time; "
-                "lower the interpolation batch"
-            ) from None
+        for start in range(0, total, self.batch):
+            stop = min(start + self.batch, total)
+            out[2 * start + 1 : 2 * stop : 2] = self.middles(src[start : stop + 1])
+            if progress is not None:
+                progress(stop, total)
 
         if not as_numpy:
             return out
@@ -164,6 +149,35 @@ class Interpolator:
             result = out.cpu().numpy()
         result[0::2] = frames  # already equal; makes the pass-through independent of the device
         return result
+
+    def middles(self, frames: torch.Tensor) -> torch.Tensor:
+        """k+1 consecutive frames (as from _as_device_tensor) -> the k uint8 middles, one forward.
+
+        The one place a batch of pairs meets the model, so `double` and `DoublingStream` (which
+        form the same batches) give the same bits.
+        """
+        model = self.load().model
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        chunk = frames.permute(0, 3, 1, 2)
+        try:
+            with torch.inference_mode():
+                if chunk.dtype == torch.uint8:
+                    x = chunk.to(self.dtype).div_(255.0)
+                else:
+                    x = chunk.to(self.dtype).clamp_(0.0, 1.0)
+                x = x.contiguous(memory_format=fmt)
+                mids = model.middles(x, 0.5, self.scale)  # float32 (k, 3, H, W)
+                return to_uint8(mids.permute(0, 2, 3, 1))
+        except torch.cuda.OutOfMemoryError:
+            h, w = frames.shape[1:3]
+            raise OutOfMemory(
+                f"RIFE ran out of GPU memory interpolating {w}x{h} frames {self.batch} pairs at a time; "
+                "lower the interpolation batch"
+            ) from None
+
+    def stream(self, progress: Progress | None = None, total_frames: int | None = None) -> "DoublingStream":
+        """A DoublingStream on this model: frames in chunks, doubled frames out as they are final."""
+        return DoublingStream(self, progress, total_frames)
 
     def _as_device_tensor(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(frames, np.ndarray):
@@ -181,4 +195,73 @@ class Interpolator:
         return t.to(self.device)
 
 
-__all__ = ["Interpolator", "to_uint8"]
+class DoublingStream:
+    """`Interpolator.double` for frames that arrive in chunks (as the VAE decodes them).
+
+    `push(chunk)` returns the output frames that are final so far, `finish()` the rest; all the
+    returned pieces concatenated equal ``double(all frames)`` bit for bit, because the pairs go to
+    the model in the same batches of ``batch`` pairs (a batch waits until it is full, the last
+    one is run by `finish`). Chunks may have any length >= 1, uint8 or float as for `double`;
+    outputs are uint8 tensors (n, H, W, 3) on the model's device.
+    """
+
+    def __init__(self, interp: Interpolator, progress: Progress | None = None, total_frames: int | None = None):
+        self.interp = interp
+        self.progress = progress
+        self.total_pairs = max(0, total_frames - 1) if total_frames else 0
+        self.pairs_done = 0
+        self.frames_in = 0
+        self._pending: torch.Tensor | None = None  # [0] already sent out, the rest waiting for a batch
+        self._finished = False
+
+    def push(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self._finished:
+            raise RuntimeError("DoublingStream.push after finish()")
+        src = self.interp._as_device_tensor(frames)
+        if self._pending is not None and src.shape[1:] != self._pending.shape[1:]:
+            raise ValueError(f"frame size changed mid-stream: {tuple(self._pending.shape[1:])} then {tuple(src.shape[1:])}")
+        self.frames_in += src.shape[0]
+        out: list[torch.Tensor] = []
+        if self._pending is None:
+            out.append(_as_uint8(src[:1]))  # the first frame passes straight through
+            self._pending = src
+        else:
+            self._pending = torch.cat([self._pending, src])
+        while self._pending.shape[0] - 1 >= self.interp.batch:
+            out.append(self._run(self.interp.batch))
+        return self._join(out, src)
+
+    def finish(self) -> torch.Tensor:
+        """The frames after the last full batch; the stream is done afterwards."""
+        self._finished = True
+        pending, out = self._pending, []
+        if pending is not None and pending.shape[0] > 1:
+            out.append(self._run(pending.shape[0] - 1))
+        self._pending = None
+        return self._join(out, pending)
+
+    def _run(self, k: int) -> torch.Tensor:
+        """Interpolate the first k pending pairs; returns middle, frame, middle, frame, ..."""
+        p = self._pending
+        assert p is not None
+        mids = self.interp.middles(p[: k + 1])
+        right = _as_uint8(p[1 : k + 1])
+        out = torch.stack([mids, right], dim=1).flatten(0, 1)  # interleave
+        self._pending = p[k:]
+        self.pairs_done += k
+        if self.progress is not None:
+            self.progress(self.pairs_done, max(self.total_pairs, self.pairs_done))
+        return out
+
+    def _join(self, out: list[torch.Tensor], like: torch.Tensor | None) -> torch.Tensor:
+        if out:
+            return torch.cat(out) if len(out) > 1 else out[0]
+        shape = (0, *like.shape[1:]) if like is not None else (0, 0, 0, 3)
+        return torch.empty(shape, dtype=torch.uint8, device=self.interp.device)
+
+
+def _as_uint8(frames: torch.Tensor) -> torch.Tensor:
+    return frames if frames.dtype == torch.uint8 else to_uint8(frames.clamp(0.0, 1.0))
+
+
+__all__ = ["DoublingStream", "Interpolator", "to_uint8"]
