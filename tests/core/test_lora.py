@@ -12,7 +12,7 @@ import torch
 
 from wan22bot.config import Config, GenerationConfig, ModelConfig
 from wan22bot.engine.generator import TwoPassGenerator
-from wan22bot.engine.lora import apply_lora, read_lora
+from wan22bot.engine.lora import FusedLora, fuse_lora, read_lora
 from wan22bot.engine.presets import PRESETS
 from wan22bot.engine.tiny import TRANSFORMER_CONFIG, tiny_components
 from wan22bot.errors import ModelError
@@ -49,20 +49,22 @@ def lora_file(tmp_path_factory):
 def test_read_lora_maps_every_wan_key_to_a_diffusers_module(lora_file):
     path, sd = lora_file
     lora = read_lora(path)
-    assert set(lora.deltas) == {diffusers_name(b, w) for b, w in ALL}
-    for b, w in ALL:
-        d = lora.deltas[diffusers_name(b, w)]
-        # the file's alpha/rank is folded into the factors
-        torch.testing.assert_close((d.up.double() @ d.down.double()), expected_delta(sd, b, w), rtol=0, atol=1e-5)
+    assert {p.target for p in lora.patches} == {diffusers_name(b, w) + ".weight" for b, w in ALL}
+    assert {p.kind for p in lora.patches} == {"lora_up/down"}
+    for p in lora.patches:
+        assert p.scale == 0.5  # alpha / rank, applied when fusing; the file's factors stay as they are
+    for p in lora.patches:
+        base = p.keys[0].rsplit(".", 1)[0]  # keys are sorted: <module>.alpha first
+        assert torch.equal(p.up, sd[f"{base}.lora_up.weight"]) and torch.equal(p.down, sd[f"{base}.lora_down.weight"])
 
 
-def test_apply_lora_fuses_w_plus_strength_alpha_over_rank_up_down(lora_file):
+def test_fuse_gives_w_plus_strength_alpha_over_rank_up_down(lora_file):
     path, sd = lora_file
     model = fresh_transformer()
     before = {diffusers_name(b, w): weight_of(model, diffusers_name(b, w)) for b, w in ALL}
     untouched = weight_of(model, "proj_out")
-    n = apply_lora(model, read_lora(path), 0.7)
-    assert n == len(ALL)
+    fl = fuse_lora(model, read_lora(path), 0.7)
+    assert fl.report.applied == {"lora_up/down": len(ALL)} and fl.report.skipped == 0
     for b, w in ALL:
         name = diffusers_name(b, w)
         want = before[name].double() + 0.7 * expected_delta(sd, b, w)
@@ -72,17 +74,16 @@ def test_apply_lora_fuses_w_plus_strength_alpha_over_rank_up_down(lora_file):
     assert torch.equal(weight_of(model, "proj_out"), untouched)
 
 
-def test_negative_strength_takes_the_lora_back_out(lora_file):
+def test_taking_the_lora_out_restores_every_tensor_bit_for_bit(lora_file):
     path, _ = lora_file
     model = fresh_transformer()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lora = read_lora(path)
-    apply_lora(model, lora, 1.3)
+    fl = fuse_lora(model, read_lora(path), 1.3)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(ALL)
-    apply_lora(model, lora, -1.3)
+    fl.set(False)
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
+        assert torch.equal(v, before[k]), k
 
 
 def test_lora_bias_diff_is_added_to_the_bias(tmp_path):
@@ -92,45 +93,49 @@ def test_lora_bias_diff_is_added_to_the_bias(tmp_path):
     model = fresh_transformer()
     name = diffusers_name(0, "self_attn.q")
     b0 = dict(model.named_modules())[name].bias.detach().clone()
-    apply_lora(model, read_lora(write_lora(tmp_path / "b.safetensors", sd)), 0.5)
+    fuse_lora(model, read_lora(write_lora(tmp_path / "b.safetensors", sd)), 0.5)
     torch.testing.assert_close(dict(model.named_modules())[name].bias.detach(), b0 + 0.5 * diff_b,
                                rtol=0, atol=1e-6)
 
 
-def test_keys_without_a_module_are_skipped_with_a_warning(tmp_path, caplog):
-    """Image-branch keys (k_img/v_img: Wan 2.2 A14B has none) and blocks the model lacks are skipped."""
+def test_image_branch_keys_are_skipped_with_one_summary_line(tmp_path, caplog):
+    """k_img / v_img (Wan 2.1 I2V's image branch; Wan 2.2 A14B has none) are skipped, counted, logged once."""
     sd = lora_tensors(blocks=(0,), modules=("self_attn.q", "ffn.0"), seed=5)
     extra = lora_tensors(blocks=(0,), modules=("cross_attn.k",), seed=6)
     for k, v in extra.items():
         sd[k.replace("cross_attn.k", "cross_attn.k_img")] = v
         sd[k.replace("cross_attn.k", "cross_attn.v_img")] = v.clone()
-    sd.update(lora_tensors(blocks=(7,), modules=("self_attn.q",), seed=7))  # the tiny model has 2 blocks
     model = fresh_transformer()
     q_before = weight_of(model, diffusers_name(0, "self_attn.q"))
     with caplog.at_level(logging.WARNING, logger="wan22bot"):
-        n = apply_lora(model, read_lora(write_lora(tmp_path / "extra.safetensors", sd)), 1.0)
-    assert n == 2
+        fl = fuse_lora(model, read_lora(write_lora(tmp_path / "extra.safetensors", sd)), 1.0)
+    assert fl.report.applied == {"lora_up/down": 2} and fl.report.skipped == 2
     assert not torch.equal(weight_of(model, diffusers_name(0, "self_attn.q")), q_before)
-    text = caplog.text
-    assert "skipped" in text and re.search(r"\b3 keys\b", text), text
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and re.search(r"\b2 tensors skipped\b", lines[0]) and "k_img" in lines[0], lines
 
 
-def test_unmappable_keys_are_skipped_with_a_warning_not_fatal(tmp_path, caplog):
-    """A key no converter knows (ComfyUI: "lora key not loaded") must not make the whole LoRA unusable."""
+def test_blocks_the_model_lacks_are_an_error_and_nothing_is_touched(tmp_path):
+    sd = lora_tensors(blocks=(0,), modules=("self_attn.q",), seed=5)
+    sd.update(lora_tensors(blocks=(7,), modules=("self_attn.q",), seed=7))  # the tiny model has 2 blocks
+    model = fresh_transformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelError, match=r"blocks\.7\.attn1\.to_q\.weight") as exc:
+        fuse_lora(model, read_lora(write_lora(tmp_path / "deep.safetensors", sd)), 1.0)
+    assert "deep.safetensors" in str(exc.value) and "blocks.7.self_attn.q" in str(exc.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unknown_keys_are_an_error_naming_them(tmp_path):
+    """A key that names no Wan module is refused before any weight is touched, not silently skipped."""
     sd = lora_tensors(blocks=(0,), modules=("self_attn.q",), seed=8)
     g = torch.Generator().manual_seed(9)
     sd["diffusion_model.blocks.0.some_new_layer.lora_down.weight"] = torch.randn(4, 24, generator=g)
     sd["diffusion_model.blocks.0.some_new_layer.lora_up.weight"] = torch.randn(24, 4, generator=g)
-    path = write_lora(tmp_path / "odd.safetensors", sd)
-    model = fresh_transformer()
-    q_before = weight_of(model, diffusers_name(0, "self_attn.q"))
-    with caplog.at_level(logging.WARNING, logger="wan22bot"):
-        lora = read_lora(path)
-        n = apply_lora(model, lora, 1.0)
-    assert n == 1
-    torch.testing.assert_close(weight_of(model, diffusers_name(0, "self_attn.q")).double(),
-                               q_before.double() + expected_delta(sd, 0, "self_attn.q"), rtol=0, atol=2e-6)
-    assert "some_new_layer" in caplog.text
+    with pytest.raises(ModelError) as exc:
+        read_lora(write_lora(tmp_path / "odd.safetensors", sd))
+    msg = str(exc.value)
+    assert "odd.safetensors" in msg and "blocks.0.some_new_layer.lora_down.weight" in msg and "2 key(s)" in msg
 
 
 def test_missing_file_is_a_model_error(tmp_path):
@@ -157,15 +162,18 @@ def test_truncated_file_is_a_model_error(tmp_path, lora_file):
 
 def test_file_with_no_lora_factors_is_a_model_error(tmp_path):
     p = write_lora(tmp_path / "weights.safetensors", {"diffusion_model.blocks.0.self_attn.q.weight": torch.zeros(24, 24)})
-    with pytest.raises(ModelError, match="weights.safetensors"):
+    with pytest.raises(ModelError, match="weights.safetensors.*blocks.0.self_attn.q.weight"):
         read_lora(p)
 
 
 def test_shape_mismatch_is_a_model_error_naming_module_and_shapes(tmp_path):
     sd = lora_tensors(blocks=(0,), modules=("ffn.0",), shapes={"ffn.0": (48, 24)}, seed=11)
     lora = read_lora(write_lora(tmp_path / "big.safetensors", sd))
+    model = fresh_transformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ModelError) as exc:
-        apply_lora(fresh_transformer(), lora, 1.0)
+        FusedLora(model, lora, 1.0).set(True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     msg = str(exc.value)
     assert "big.safetensors" in msg and "blocks.0.ffn.net.0.proj" in msg
     assert "(32, 24)" in msg and "(48, 24)" in msg

@@ -15,7 +15,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -25,9 +25,11 @@ from ..config import ModelConfig
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..images import fit_photo
 from .components import DTYPES, Components, load_components
-from .lora import LoraFile, apply_lora, read_lora
+from .lora import FusedLora, LoraFile, read_lora
+from .model_files import lora_paths
 from .schedule import make_scheduler
 from .timing import StageTimer
+from .vae_decode import decode_video_chunks, drive
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Progress:
 
 @dataclass
 class GenerationOutput:
-    frames: torch.Tensor  # uint8 (F, H, W, 3) on the engine's device
+    frames: torch.Tensor | None  # uint8 (F, H, W, 3) on the engine's device; None when streamed to a sink
     timings: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     width: int = 0
@@ -86,6 +88,7 @@ class GenerationOutput:
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
+FrameSink = Callable[[torch.Tensor], None]  # takes each decoded uint8 (f, H, W, 3) chunk, in order
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,11 +110,12 @@ class TwoPassGenerator:
         self.dtype = DTYPES[cfg.dtype] if self.device.type == "cuda" else torch.float32
         self.components: Components | None = None
         self.pipe = None
-        self.loras: dict[str, tuple[LoraFile, float]] = {}
+        self.loras: dict[str, FusedLora] = {}  # expert key -> its LoRA, switchable exactly
         self.lora_fused = False
         self.components_factory = components_factory
         self.memory_mode = "resident"
         self.swaps: dict = {}
+        self.attention: dict = {}  # "high"/"low" -> AttentionChoice, set at load
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -130,10 +134,16 @@ class TwoPassGenerator:
 
         t0 = time.perf_counter()
         comps = (self.components_factory or load_components)(self.cfg, self.device, self.dtype)
-        for key, path, strength in (("transformer", self.cfg.lora_high, self.cfg.lora_high_strength),
-                                    ("transformer_2", self.cfg.lora_low, self.cfg.lora_low_strength)):
+        lora_files: dict[str, tuple[LoraFile, float]] = {}
+        lora_high, lora_low = lora_paths(self.cfg)  # explicit keys, else the ComfyUI folder's LoRAs
+        for key, path, strength in (("transformer", lora_high, self.cfg.lora_high_strength),
+                                    ("transformer_2", lora_low, self.cfg.lora_low_strength)):
             if path is not None:
-                self.loras[key] = (read_lora(path), strength)
+                lora_files[key] = (read_lora(path), strength)
+        # the loader may offer each expert's original tensors by name (re-read from its files), so
+        # taking a LoRA out needs no host copy of the weights it patched
+        originals = getattr(comps, "originals", None) or {}
+        self.loras = {}
         cuda = self.device.type == "cuda"
         # Components may hold builders instead of modules, so a 32 GB card never has to hold two
         # bf16 experts at once: each is built, fused, quantised and (in swap mode) parked in turn.
@@ -155,12 +165,14 @@ class TwoPassGenerator:
         for key in ("transformer", "transformer_2"):
             model = cast_for_compute(_built(getattr(comps, key)), self.dtype).to(self.device)
             setattr(comps, key, model)
-            if key in self.loras:
-                lora, strength = self.loras[key]
-                n = apply_lora(model, lora, strength)
-                log.info("fused LoRA %s (strength %g) into %d modules of %s", lora.path.name, strength, n, key)
+            if key in lora_files:
+                lora, strength = lora_files[key]
+                fl = FusedLora(model, lora, strength, device=self.device, original=originals.get(key))
+                fl.set(True)
+                self.loras[key] = fl
+                log.info("fused LoRA (strength %g) into %s: %s", strength, key, fl.report.render())
             if self.cfg.weights == "fp8":
-                n = convert_to_fp8(model)
+                n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling)
                 log.info("%s: %d linear layers stored in fp8", key, n)
             if self.memory_mode == "swap":
                 self.swaps[key] = PinnedSwap(model, self.device)
@@ -171,8 +183,11 @@ class TwoPassGenerator:
         self.lora_fused = bool(self.loras)
         comps.vae = cast_for_compute(comps.vae, self.dtype).to(self.device)
         self.components = comps
-        apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
-        apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device)
+        high = apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
+        low = apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device,
+                                      choice=high if self.cfg.attention_high == "auto" else None)
+        self.attention = {"high": high, "low": low}
+        log.info("attention: high-noise expert %s; low-noise expert %s", high.describe(), low.describe())
         self.pipe = WanImageToVideoPipeline(
             tokenizer=comps.tokenizer,
             text_encoder=comps.text_encoder,
@@ -214,19 +229,21 @@ class TwoPassGenerator:
             torch.cuda.empty_cache()
 
     def _set_lora(self, on: bool) -> None:
-        """Fuse (or take back out) the configured LoRAs. A no-op when none are configured."""
+        """Fuse (or take back out) the configured LoRAs. A no-op when none are configured.
+
+        Each patched tensor is recomputed from its original value (never by subtracting), so the
+        weights, and a seed's video, do not depend on the presets of earlier jobs. fp8 experts get
+        the restored (or re-fused) weight quantised again exactly as at load."""
         if on == self.lora_fused or not self.loras:
             self.lora_fused = on and bool(self.loras)
             return
-        if self.cfg.weights == "fp8":
-            raise InputError("this preset needs the LoRA taken out of the experts, which fp8 weights cannot do; "
-                             "use the preset the daemon was loaded for, or set model.weights = \"bf16\"")
-        sign = 1.0 if on else -1.0
-        assert self.components is not None
-        for key, (lora, strength) in self.loras.items():
-            n = apply_lora(getattr(self.components, key), lora, sign * strength)
-            log.info("%s LoRA %s (strength %g) %s %d modules of %s", "fused" if on else "removed",
-                     lora.path.name, strength, "into" if on else "from", n, key)
+        for key, fl in self.loras.items():
+            # swap mode: write into the host copy the expert is brought in from, not a GPU copy that
+            # the next swap would drop
+            self._drop(key)
+            fl.set(on)
+            log.info("%s LoRA %s %s %s", "fused" if on else "took out", fl.lora.path.name,
+                     "into" if on else "of", key)
         self.lora_fused = on
 
     @property
@@ -245,12 +262,12 @@ class TwoPassGenerator:
 
     # ---------------------------------------------------------------- generation
     def generate(self, req: GenerationRequest, progress: ProgressFn | None = None,
-                 should_cancel: CancelFn | None = None) -> GenerationOutput:
+                 should_cancel: CancelFn | None = None, sink: FrameSink | None = None) -> GenerationOutput:
         req.validate()
         with self._lock:
             self.load()
             try:
-                return self._generate(req, progress or (lambda p: None), should_cancel or (lambda: False))
+                return self._generate(req, progress or (lambda p: None), should_cancel or (lambda: False), sink)
             except torch.OutOfMemoryError:
                 gc.collect()
                 if self.device.type == "cuda":
@@ -261,7 +278,8 @@ class TwoPassGenerator:
                 ) from None
 
     @torch.no_grad()
-    def _generate(self, req: GenerationRequest, progress: ProgressFn, should_cancel: CancelFn) -> GenerationOutput:
+    def _generate(self, req: GenerationRequest, progress: ProgressFn, should_cancel: CancelFn,
+                  sink: FrameSink | None = None) -> GenerationOutput:
         pipe, comps, dev = self.pipe, self.components, self.device
         assert pipe is not None and comps is not None
         self._set_lora(req.lora)
@@ -328,21 +346,32 @@ class TwoPassGenerator:
 
         if should_cancel():
             raise Cancelled("cancelled before decoding")
-        with timer.stage("vae_decode"):
+        if sink is not None:
+            # Streamed: each chunk goes on (RIFE, colour conversion, encoder) while the next decodes;
+            # vae_decode counts the decoder alone.
             progress(Progress("vae_decode"))
-            frames = self.decode(latents)
+            timer.seconds["vae_decode"] = drive(self.decode_chunks(latents), sink, dev)
+            frames = None
+        else:
+            with timer.stage("vae_decode"):
+                progress(Progress("vae_decode"))
+                frames = self.decode(latents)
         return GenerationOutput(frames=frames, timings=dict(timer.seconds), seed=req.seed, width=W, height=H)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> uint8 frames (F, H, W, 3) on the device, rounded like the video processor."""
+        return torch.cat(list(self.decode_chunks(latents)))
+
+    def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """As decode, one latent frame's worth at a time (1 frame, then 4 per latent frame)."""
         vae = self.components.vae  # type: ignore[union-attr]
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, z, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, z, 1, 1, 1)
         lat = (latents.float() * std + mean).to(vae.dtype)
-        video = vae.decode(lat, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
-        video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).contiguous()
+        for video in decode_video_chunks(vae, lat):  # (1, 3, f, H, W) in [-1, 1]
+            video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+            yield video.permute(1, 2, 3, 0).contiguous()
 
 
 A14B_EXPERT_BYTES = 14_289_000_000 * 2
