@@ -31,6 +31,8 @@ class FakeFile:
     listed_sha256: str | None = None  # None: the real sha256 of `content`
     listed_size: int | None = None  # None: len(content)
     stall_after: int | None = None  # send this many bytes, then wait for `FakeHub.release`
+    drop_after: int | None = None  # once: send this many bytes, then close the connection
+    ignore_range: bool = False  # answer Range requests with 200 and the whole file, as some proxies do
 
     @property
     def sha256(self) -> str:
@@ -136,7 +138,7 @@ class FakeHub:
         data = f.content
         start, status = 0, 200
         m = re.fullmatch(r"bytes=(\d+)-", rec.range or "")
-        if m:
+        if m and not f.ignore_range:
             start = int(m.group(1))
             if start >= len(data):
                 rec.status = 416
@@ -158,7 +160,13 @@ class FakeHub:
                     # hold the connection open mid-file, as a hung download does, until the test lets go
                     await asyncio.wait_for(self.release.wait(), timeout=60)
                     return resp
+                if f.drop_after is not None and pos >= f.drop_after:
+                    f.drop_after = None
+                    request.transport.close()  # mid-body: the client sees a short read
+                    return resp
                 end = min(pos + PIECE, len(data))
+                if f.drop_after is not None and pos < f.drop_after < end:
+                    end = f.drop_after
                 if f.stall_after is not None and pos < f.stall_after < end and not self.release.is_set():
                     end = f.stall_after
                 await resp.write(data[pos:end])

@@ -234,3 +234,56 @@ async def test_unwritable_destination_is_refused_before_asking_the_hub(hub, tmp_
     assert run.rc == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"wan22bot: error: {expect}"), run.stderr
     assert hub.seen == []
+
+
+async def test_a_dropped_connection_is_resumed_within_the_same_run(hub, tmp_path):
+    dest = tmp_path / "m"
+    cut = 40 * 1024
+    hub.files[(SEED_FILES[1].repo_id, SEED_FILES[1].path_in_repo)].drop_after = cut
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert (dest / LAYOUT[1]).read_bytes() == content_for(1)
+    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(1)).hexdigest()}")
+    assert [(s.range, s.status, s.body_bytes) for s in served] == [
+        (None, 200, cut), (f"bytes={cut}-", 206, SIZES[1] - cut)]
+
+
+async def test_a_server_ignoring_range_restarts_the_file_cleanly(hub, tmp_path):
+    dest = tmp_path / "m"
+    vae = remote_of(3, hub)
+    partial = partial_path(dest, vae)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(content_for(3)[:5000])
+    hub.files[(vae.seed.repo_id, vae.seed.path_in_repo)].ignore_range = True
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert (dest / LAYOUT[3]).read_bytes() == content_for(3)
+    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
+    assert [(s.range, s.status, s.body_bytes) for s in served] == [("bytes=5000-", 200, SIZES[3])]
+
+
+async def test_a_partial_of_different_content_is_discarded_not_resumed(hub, tmp_path):
+    dest = tmp_path / "m"
+    vae = remote_of(3, hub)
+    stale = partial_path(dest, vae).with_name(f"{vae.seed.name}.{'0' * 16}.incomplete")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"bytes of an older upload of this file")
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert not stale.exists() and (dest / LAYOUT[3]).read_bytes() == content_for(3)
+    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
+    assert [s.range for s in served] == [None]
+
+
+async def test_a_second_run_into_the_same_folder_is_refused_while_one_is_running(hub, tmp_path):
+    import fcntl
+
+    dest = tmp_path / "m"
+    (dest / STAGING).mkdir(parents=True)
+    with open(dest / STAGING / "lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 2
+    assert run.stderr.strip().endswith(
+        f"another wan22bot fetch-models is already downloading into {dest}; wait for it or stop it first")
+    assert hub.seen == []

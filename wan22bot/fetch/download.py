@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import httpx2
 from huggingface_hub.utils import tqdm
 
 from ..errors import ConfigError, DiskFull
 from .catalog import SEED_FILES, SeedFile
-from .hub import HubError, RangeRefused, RemoteFile, fetch_metadata, open_file, unreachable
+from .hub import HubError, RangeRefused, RemoteFile, TransportError, fetch_metadata, http, open_file, unreachable
 
 STAGING = ".wan22bot-fetch"
 HASH_BLOCK = 8 * 1024 * 1024
@@ -154,7 +153,7 @@ def _download(remote: RemoteFile, partial: Path, out: IO[str], say: Callable[[st
                             failures = 0
                         os.fsync(f.fileno())
                 if have < remote.size:
-                    raise httpx2.RemoteProtocolError("the connection closed before the end of the file")
+                    raise http.RemoteProtocolError("the connection closed before the end of the file")
             except RangeRefused:
                 partial.unlink(missing_ok=True)
                 have, h = 0, hashlib.sha256()
@@ -162,12 +161,12 @@ def _download(remote: RemoteFile, partial: Path, out: IO[str], say: Callable[[st
                 failures += 1
                 if failures > RETRIES:
                     raise HubError(f"the Hub kept refusing to resume {seed.relpath}; run fetch-models again") from None
-            except httpx2.TransportError as exc:
+            except TransportError as exc:
                 failures += 1
                 if failures > RETRIES:
                     raise unreachable(exc, f"downloading {seed.relpath} ({gb(have)} of {gb(remote.size)} kept; "
                                            "the next run continues from there)") from None
-                time.sleep(2.0 * failures)
+                time.sleep(1.0 * (failures - 1))  # a reset connection often works at once
 
     digest = h.hexdigest()
     if digest != remote.sha256:

@@ -7,21 +7,25 @@ sentence naming the file or repository, the Hub address and what to do.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx2
 from huggingface_hub import RepoFile, constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from ..errors import ModelError
 from .catalog import SeedFile
 
+# huggingface_hub 1.x speaks through httpx and 2.x through its fork httpx2 (same API): take the
+# exception and timeout classes from whichever its session is made of.
+http = importlib.import_module(type(get_session()).__module__.partition(".")[0])
+TransportError: type[Exception] = http.TransportError
 # A stalled connection must end in an error rather than a hang; 60 s without a byte is generous
 # for a CDN, and a resumed run loses nothing.
-TIMEOUT = httpx2.Timeout(connect=20.0, read=60.0, write=60.0, pool=20.0)
+TIMEOUT = http.Timeout(connect=20.0, read=60.0, write=60.0, pool=20.0)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -93,7 +97,7 @@ def fetch_metadata(files: tuple[SeedFile, ...] | list[SeedFile]) -> list[RemoteF
                 headers=build_hf_headers(),
                 timeout=TIMEOUT,
             )
-        except httpx2.TransportError as exc:
+        except TransportError as exc:
             raise unreachable(exc, f"asking for {what}") from None
         if response.status_code == 404:
             raise HubError(
