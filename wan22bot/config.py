@@ -59,9 +59,12 @@ class PathsConfig(_Section):
 
 class ModelConfig(_Section):
     kind: Literal["tiny", "wan2.2-i2v-a14b"] = "tiny"
+    # ComfyUI's models/ folder: the seed's six files are found there by their standard names
+    # (engine/model_files.py has the lookup order). Nothing else is needed.
+    comfyui: Path | None = None
     # A Diffusers-format folder (transformer/, transformer_2/, text_encoder/, tokenizer/, vae/).
     path: Path | None = None
-    # ComfyUI single files, used instead of the folder's components when given.
+    # Single files (ComfyUI's); each wins over the comfyui folder and the Diffusers folder.
     high_noise: Path | None = None
     low_noise: Path | None = None
     text_encoder: Path | None = None
@@ -94,12 +97,12 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _real_needs_weights(self) -> "ModelConfig":
         if self.kind == "wan2.2-i2v-a14b":
-            singles = [self.high_noise, self.low_noise]
-            if self.path is None and not all(singles):
+            singles = [self.high_noise, self.low_noise, self.text_encoder, self.vae]
+            if self.comfyui is None and self.path is None and not all(singles):
                 raise ValueError(
-                    "kind 'wan2.2-i2v-a14b' needs 'path' (a Diffusers-format folder) or both "
-                    "'high_noise' and 'low_noise' single files plus 'path' for the text encoder, "
-                    "tokenizer and VAE"
+                    "kind 'wan2.2-i2v-a14b' needs 'comfyui' (ComfyUI's models folder), or the four single "
+                    "files 'high_noise', 'low_noise', 'text_encoder' and 'vae', or 'path' (a Diffusers-format "
+                    "folder)"
                 )
         return self
 
@@ -321,7 +324,7 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
 
     for section, keys in (
         (cfg.paths, ("input", "output", "state", "processed", "failed")),
-        (cfg.model, ("path", "high_noise", "low_noise", "text_encoder", "vae", "lora_high", "lora_low")),
+        (cfg.model, ("comfyui", "path", "high_noise", "low_noise", "text_encoder", "vae", "lora_high", "lora_low")),
         (cfg.interpolation, ("weights",)),
         (cfg.discord, ("token_file",)),
     ):

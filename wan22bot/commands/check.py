@@ -42,7 +42,7 @@ def run_checks(cfg: Config) -> Report:
     import torch
 
     from ..engine.attention import available_backends
-    from ..engine.components import check_model_files
+    from ..engine.model_check import check_model
     from ..engine.generator import resolve_device
     from ..errors import ModelError
 
@@ -66,13 +66,11 @@ def run_checks(cfg: Config) -> Report:
     m = cfg.model
     if m.kind == "tiny":
         rep.ok.append("model.kind = tiny (built-in, random weights: its videos are noise; for demos and tests)")
-    for problem in check_model_files(m):
-        rep.errors.append(problem)
-    if m.kind != "tiny" and not check_model_files(m):
-        rep.ok.append(f"model files found under {m.path}")
-    if m.kind != "tiny" and not (m.lora_high and m.lora_low):
-        rep.warnings.append("no LoRA configured for one or both experts: the 'fast' preset expects the LightX2V "
-                            "4-step LoRAs (model.lora_high / model.lora_low)")
+    # each file: what it is, its weight layout, then one small finite forward per part
+    model_rep = check_model(m)
+    rep.ok.extend(model_rep.ok)
+    rep.warnings.extend(model_rep.warnings)
+    rep.errors.extend(model_rep.errors)
 
     # device
     try:

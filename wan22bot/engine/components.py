@@ -1,4 +1,5 @@
-"""Where the model's parts come from: the built-in tiny set, a Diffusers folder, or ComfyUI files.
+"""Where the model's parts come from: the built-in tiny set, ComfyUI files (a models folder or single
+files), or a Diffusers folder.
 
 Everything returns the same `Components`, so the generator cannot tell (and must not care) whether
 it runs the tiny model or the 14B checkpoint.
@@ -7,13 +8,14 @@ it runs the tiny model or the 14B checkpoint.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import ModelError
+from .model_files import MODEL_PARTS, ModelFiles, resolve_model_files
 
 log = logging.getLogger(__name__)
 
@@ -33,38 +35,33 @@ class Components:
     default_frames: int
     max_sequence_length: int
     description: str
+    # part -> where it came from and what it is (file, architecture, weight layout), for check and logs
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 def check_model_files(cfg: ModelConfig) -> list[str]:
-    """Every problem with the configured model files, each a sentence with its fix. Empty = fine."""
-    problems: list[str] = []
+    """Every problem with the configured model files, each a sentence with its fix. Empty = fine.
+
+    Only looks at names and folders (fast); `inspect_model_files` also reads each file's header.
+    """
     if cfg.kind == "tiny":
-        return problems
-    singles = {"high_noise": cfg.high_noise, "low_noise": cfg.low_noise, "text_encoder": cfg.text_encoder, "vae": cfg.vae}
-    for key, p in singles.items():
-        if p is not None and not Path(p).is_file():
-            problems.append(f"model.{key} = {p} does not exist (download the ComfyUI file or remove the key)")
-    for key in ("lora_high", "lora_low"):
-        p = getattr(cfg, key)
-        if p is not None and not Path(p).is_file():
-            problems.append(f"model.{key} = {p} does not exist (download the LightX2V 4-step LoRA or remove the key)")
+        return []
+    files = resolve_model_files(cfg)
+    problems = list(files.problems)
+    from_folder = [part for part in MODEL_PARTS if files.get(part) is None]
     if cfg.path is None:
-        problems.append("model.path is not set: the text encoder, tokenizer and VAE config come from a "
-                        "Diffusers-format Wan2.2-I2V-A14B folder")
         return problems
     root = Path(cfg.path)
     if not root.is_dir():
         problems.append(f"model.path = {root} is not a folder (download Wan-AI/Wan2.2-I2V-A14B-Diffusers there)")
         return problems
-    needed = {"transformer": cfg.high_noise, "transformer_2": cfg.low_noise, "text_encoder": cfg.text_encoder,
-              "tokenizer": None, "vae": cfg.vae}
-    for part, single in needed.items():
-        sub = root / part
-        if single is not None and part != "text_encoder":
-            # a single file replaces the weights, the folder still gives the config
-            if not (sub / "config.json").is_file():
-                problems.append(f"{sub}/config.json is missing (needed to read {part}'s single file)")
+    needed = [FOLDER_OF[part] for part in from_folder]
+    if "text_encoder" in needed or not _has_tokenizer(files):
+        needed.append("tokenizer")
+    for part in FOLDER_PARTS:
+        if part not in needed:
             continue
+        sub = root / part
         if not sub.is_dir():
             problems.append(f"the model folder {root} has no '{part}' folder: the download is incomplete")
         elif part != "tokenizer" and not (sub / "config.json").is_file():
@@ -72,6 +69,23 @@ def check_model_files(cfg: ModelConfig) -> list[str]:
         elif part != "tokenizer" and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.bin")):
             problems.append(f"{sub} has no weight files (*.safetensors): the download is incomplete")
     return problems
+
+
+FOLDER_OF = {"high_noise": "transformer", "low_noise": "transformer_2", "text_encoder": "text_encoder", "vae": "vae"}
+
+
+def _has_tokenizer(files: ModelFiles) -> bool:
+    """Whether the single text encoder file carries its sentencepiece model (ComfyUI's files do)."""
+    p = files.get("text_encoder")
+    if p is None or not Path(p).is_file():
+        return p is not None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as fh:
+            return "spiece_model" in fh.keys()
+    except Exception:
+        return True  # unreadable: the load names the real problem
 
 
 def load_components(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Components:
@@ -90,68 +104,73 @@ def load_components(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) 
     problems = check_model_files(cfg)
     if problems:
         raise ModelError("the model files are not usable:\n  " + "\n  ".join(problems))
-    return _load_folder(cfg, dtype)
+    return _load_real(cfg, dtype)
 
 
-def _load_folder(cfg: ModelConfig, dtype: torch.dtype) -> Components:
+def _load_real(cfg: ModelConfig, dtype: torch.dtype) -> Components:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    root = Path(cfg.path)  # type: ignore[arg-type]
+    from .single_files import inspect_file, load_expert, load_text_encoder, load_vae
 
-    def expert(sub: str, single: Path | None):
+    files = resolve_model_files(cfg)
+    root = Path(cfg.path) if cfg.path is not None else None
+    parts: dict[str, str] = {}
+
+    def expert(part: str, sub: str):
+        single = files.get(part)
         if single is None:
+            parts[part] = f"{root / sub} (Diffusers folder)"
             return WanTransformer3DModel.from_pretrained(root, subfolder=sub, torch_dtype=dtype)
-        # Auto-detection would classify a 36-channel file as Wan 2.1 I2V (with an image branch);
-        # the folder's config pins the Wan 2.2 architecture.
-        sd = read_comfy_checkpoint(single, dtype)
-        return WanTransformer3DModel.from_single_file(sd, config=str(root), subfolder=sub, torch_dtype=dtype)
+        parts[part] = f"{single}: {inspect_file(single, part)}"
+        # Built when the generator asks, so a swap/offload setup never holds two experts in RAM.
+        return lambda: load_expert(single, dtype).module
 
     try:
-        log.info("loading high-noise expert")
-        transformer = expert("transformer", cfg.high_noise)
-        log.info("loading low-noise expert")
-        transformer_2 = expert("transformer_2", cfg.low_noise)
-        log.info("loading text encoder")
-        text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        transformer = expert("high_noise", "transformer")
+        transformer_2 = expert("low_noise", "transformer_2")
+        tokenizer = None
+        te_file = files.get("text_encoder")
+        if te_file is not None:
+            log.info("loading text encoder from %s", te_file)
+            loaded, tokenizer = load_text_encoder(te_file, dtype)
+            text_encoder = loaded.module
+            parts["text_encoder"] = f"{te_file}: {loaded.summary}"
+        else:
+            log.info("loading text encoder")
+            text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype)
+            parts["text_encoder"] = f"{root / 'text_encoder'} (Diffusers folder)"
+        if tokenizer is None:
+            if root is None:
+                raise ModelError(f"{te_file} carries no sentencepiece model (spiece_model), so there is no tokenizer; "
+                                 "use ComfyUI's umt5_xxl_fp8_e4m3fn_scaled.safetensors or umt5_xxl_fp16.safetensors, "
+                                 "or set model.path to a Diffusers folder for its tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
         log.info("loading VAE")
-        if cfg.vae is not None:
-            vae = AutoencoderKLWan.from_single_file(str(cfg.vae), config=str(root), subfolder="vae", torch_dtype=torch.float32)
+        vae_file = files.get("vae")
+        if vae_file is not None:
+            loaded = load_vae(vae_file)
+            vae = loaded.module
+            parts["vae"] = f"{vae_file}: {loaded.summary}"
         else:
             vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32)
+            parts["vae"] = f"{root / 'vae'} (Diffusers folder)"
     except ModelError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"loading the model from {root} failed: {exc}") from None
+        raise ModelError(f"loading the model failed: {exc}") from None
+    where = (f"ComfyUI folder {cfg.comfyui}" if cfg.comfyui is not None and root is None
+             else f"{root}" if root is not None else "single files")
     return Components(
         tokenizer=tokenizer,
         text_encoder=text_encoder.eval(),
         vae=vae.eval(),
-        transformer=transformer.eval(),
-        transformer_2=transformer_2.eval(),
+        transformer=transformer.eval() if isinstance(transformer, torch.nn.Module) else transformer,
+        transformer_2=transformer_2.eval() if isinstance(transformer_2, torch.nn.Module) else transformer_2,
         default_width=832,
         default_height=1216,
         default_frames=81,
         max_sequence_length=512,
-        description=f"Wan 2.2 I2V A14B from {root}",
+        description=f"Wan 2.2 I2V A14B from {where}",
+        parts=parts,
     )
-
-
-def read_comfy_checkpoint(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Read a ComfyUI expert file; fp8_scaled files are dequantised (diffusers ignores scale_weight)."""
-    from safetensors.torch import load_file
-
-    try:
-        sd = load_file(str(path))
-    except Exception as exc:
-        raise ModelError(f"{path} is not a readable .safetensors checkpoint ({exc})") from None
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
-            continue
-        if v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            scale = sd.get(k.rsplit(".", 1)[0] + ".scale_weight")
-            v = v.float() * (scale.float() if scale is not None else 1.0)
-        out[k] = v.to(dtype) if v.is_floating_point() else v
-    return out

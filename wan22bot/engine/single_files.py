@@ -1,0 +1,187 @@
+"""Build the diffusers/transformers modules straight from ComfyUI's single files, no Diffusers folder.
+
+Each file's architecture comes from its own tensor shapes (detect.py), the module is created with
+empty (meta) parameters, and every tensor is read, dequantised (weights.py) and assigned in place:
+peak memory is the finished model plus one tensor, not two copies. Keys are checked both ways:
+a tensor the model lacks, or a model weight the file lacks, is an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .detect import ExpertArch, TextArch, VaeArch, detect_expert, detect_text_encoder, detect_vae
+from .weights import Checkpoint, open_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    module: torch.nn.Module
+    summary: str  # "<what it is>, <layout>" for check and the load log
+    checkpoint: Checkpoint
+
+
+def _empty(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The module with parameters on the meta device; buffers (e.g. RoPE tables) are real."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return factory()
+
+
+def _dtype_rule(module: torch.nn.Module, dtype: torch.dtype) -> Callable[[str], torch.dtype]:
+    """fp32 for the parts the library keeps in fp32 (as from_pretrained does), `dtype` elsewhere."""
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or [])
+    if dtype == torch.float32 or not keep:
+        return lambda name: dtype
+    return lambda name: torch.float32 if keep & set(name.split(".")) else dtype
+
+
+def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str], dtype: torch.dtype,
+            what: str, tied: Mapping[str, str] | None = None) -> None:
+    """Load `module` from `ckpt` through `mapping` (module key -> file key), strictly, in place."""
+    tied = dict(tied or {})
+    expected = set(module.state_dict().keys())
+    given = set(mapping) | set(tied)
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weight(s) the {what} needs are not in the file (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            src = [mapping.get(k, k) for k in unexpected[:3]]
+            parts.append(f"{len(unexpected)} tensor(s) in the file have no place in a {what} (e.g. {', '.join(src)})")
+        raise ModelError(f"{ckpt.path}: " + "; ".join(parts) + ". It is not the file it should be, or it is damaged")
+    rule = _dtype_rule(module, dtype)
+    sd: dict[str, torch.Tensor] = {}
+    for key, src in mapping.items():
+        t = ckpt.tensor(src, rule(key))
+        want = tuple(module.get_parameter(key).shape if _is_param(module, key) else module.get_buffer(key).shape)
+        if tuple(t.shape) != want:
+            raise ModelError(f"{ckpt.path}: {src} has shape {list(t.shape)}, the {what} needs {list(want)}; "
+                             "the file does not match its own architecture (damaged?)")
+        sd[key] = t
+    for key, same_as in tied.items():
+        sd[key] = sd[same_as]
+    module.load_state_dict(sd, strict=True, assign=True)
+
+
+def _is_param(module: torch.nn.Module, key: str) -> bool:
+    try:
+        module.get_parameter(key)
+        return True
+    except AttributeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- experts
+def expert_key_map(names: list[str]) -> dict[str, str]:
+    """diffusers key -> original Wan key, through diffusers' own single-file converter."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    converted = convert_wan_transformer_to_diffusers({k: k for k in names})
+    return dict(converted)
+
+
+def build_expert(arch: ExpertArch) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    return _empty(lambda: WanTransformer3DModel(**arch.diffusers_config()))
+
+
+def load_expert(path: Path, dtype: torch.dtype, role: str = "expert") -> Loaded:
+    ckpt = open_checkpoint(path)
+    arch = detect_expert(ckpt.shapes, source=f"{path}")
+    model = build_expert(arch)
+    _assign(model, ckpt, expert_key_map(ckpt.names()), dtype, "Wan 2.2 I2V expert")
+    return Loaded(model.eval(), f"{arch.describe()}, {ckpt.layout.describe()}", ckpt)
+
+
+# ---------------------------------------------------------------------------------------- VAE
+def vae_key_map(names: list[str]) -> dict[str, str]:
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    return dict(convert_wan_vae_to_diffusers({k: k for k in names}))
+
+
+def build_vae(arch: VaeArch) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    return _empty(lambda: AutoencoderKLWan(**arch.diffusers_config()))
+
+
+def load_vae(path: Path) -> Loaded:
+    ckpt = open_checkpoint(path)
+    arch = detect_vae(ckpt.shapes, source=f"{path}")
+    model = build_vae(arch)
+    # fp32 like the Diffusers-folder route: the decode is where bf16 rounding shows most
+    _assign(model, ckpt, vae_key_map(ckpt.names()), torch.float32, "Wan 2.1 VAE")
+    return Loaded(model.eval(), f"Wan 2.1 VAE (z_dim {arch.z_dim}, base width {arch.base_dim}), "
+                                f"{ckpt.layout.describe()}", ckpt)
+
+
+# ---------------------------------------------------------------------------------------- text encoder
+TIED_EMBEDDING = "encoder.embed_tokens.weight"
+
+
+def build_text_encoder(arch: TextArch) -> torch.nn.Module:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return _empty(lambda: UMT5EncoderModel(UMT5Config(**arch.hf_config())))
+
+
+def text_key_map(names: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(module key -> file key, tied module key -> module key it shares its tensor with)."""
+    mapping = {k: k for k in names if k != TIED_EMBEDDING}
+    return mapping, {TIED_EMBEDDING: "shared.weight"}
+
+
+def load_text_encoder(path: Path, dtype: torch.dtype) -> tuple[Loaded, object | None]:
+    """The UMT5 encoder and, when the file carries one, its tokenizer (None otherwise)."""
+    from .tokenizer import SentencePieceUMT5Tokenizer
+
+    ckpt = open_checkpoint(path)
+    arch = detect_text_encoder(ckpt.shapes, source=f"{path}")
+    if TIED_EMBEDDING in ckpt.shapes and ckpt.shapes[TIED_EMBEDDING] != ckpt.shapes["shared.weight"]:
+        raise ModelError(f"{path}: {TIED_EMBEDDING} and shared.weight differ in shape; the file is damaged")
+    model = build_text_encoder(arch)
+    mapping, tied = text_key_map(ckpt.names())
+    _assign(model, ckpt, mapping, dtype, "UMT5 text encoder", tied=tied)
+    model.encoder.embed_tokens = model.shared  # one embedding table, as the library ties it
+    spiece = ckpt.extra("spiece_model")
+    tokenizer = SentencePieceUMT5Tokenizer.from_tensor(spiece, str(path)) if spiece is not None else None
+    if tokenizer is not None and tokenizer.vocab_size > arch.vocab_size:
+        raise ModelError(f"{path}: its sentencepiece model has {tokenizer.vocab_size} pieces but the embedding only "
+                         f"{arch.vocab_size} rows; the tokenizer does not belong to this encoder")
+    return Loaded(model.eval(), f"{arch.describe()}, {ckpt.layout.describe()}"
+                                + (", tokenizer from its spiece_model" if tokenizer else ""), ckpt), tokenizer
+
+
+# ---------------------------------------------------------------------------------------- inspection
+def inspect_file(path: Path, part: str) -> str:
+    """What the file for `part` is and how its weights are stored, from its header alone (fast).
+
+    Raises ModelError when the file is of the wrong kind or in a layout that is not read exactly.
+    """
+    ckpt = open_checkpoint(path)
+    if part in ("high_noise", "low_noise"):
+        what = detect_expert(ckpt.shapes, source=str(path)).describe()
+    elif part == "vae":
+        a = detect_vae(ckpt.shapes, source=str(path))
+        what = f"Wan 2.1 VAE (z_dim {a.z_dim}, base width {a.base_dim})"
+    elif part == "text_encoder":
+        what = detect_text_encoder(ckpt.shapes, source=str(path)).describe()
+        if "spiece_model" not in ckpt._handle.keys():  # type: ignore[attr-defined]
+            what += ", no tokenizer inside (spiece_model missing)"
+    else:
+        raise ValueError(part)
+    return f"{what}, {ckpt.layout.describe()}"
