@@ -1,0 +1,107 @@
+"""Taking a LoRA out and putting it back gives the exact bits of a fresh load, in bf16 and fp8, from a
+host copy of the patched tensors or from the loader's own source of the original values."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from wan22bot.engine.fp8_linear import FP8Linear, convert_to_fp8
+from wan22bot.engine.lora import FusedLora, fuse_lora, read_lora
+
+from .test_apply import tiny
+from .writers import lightx2v_like, params_of
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_bf16_out_in_out_is_bit_exact_and_subtracting_would_not_be(tmp_path):
+    lora = read_lora(lightx2v_like(seed=1, rank=4, alpha=0.5).write(tmp_path / "l.safetensors"))
+    model = tiny(dtype=torch.bfloat16)
+    fresh = _state(model)
+    fl = fuse_lora(model, lora, 1.0)
+    fused = _state(model)
+    assert len(_same(fresh, fused)) == 60
+    # the old way (subtract the delta from the rounded sum) leaves a share of bf16 weights an ulp off
+    w = fused["blocks.0.ffn.net.0.proj.weight"].float()
+    d = next(p for p in lora.patches if p.target == "blocks.0.ffn.net.0.proj.weight")
+    subtracted = (w - 0.125 * (d.up.float() @ d.down.float())).to(torch.bfloat16)
+    assert not torch.equal(subtracted, fresh["blocks.0.ffn.net.0.proj.weight"])
+    for _ in range(3):
+        fl.set(False)
+        assert _same(fresh, _state(model)) == []
+        fl.set(True)
+        assert _same(fused, _state(model)) == []
+    # host copies of exactly the patched tensors were kept (the model's other tensors were not copied)
+    assert fl.kept_bytes == sum(fresh[p.target].numel() * 2 for p in fl.plan.apply if fresh[p.target].dtype == torch.bfloat16) \
+        + sum(fresh[p.target].numel() * 4 for p in fl.plan.apply if fresh[p.target].dtype == torch.float32)
+
+
+def test_originals_from_the_loader_are_used_instead_of_a_host_copy(tmp_path):
+    lora = read_lora(lightx2v_like(seed=2).write(tmp_path / "l.safetensors"))
+    model = tiny(dtype=torch.bfloat16)
+    source = {k: v.clone() for k, v in params_of(model).items()}  # what a loader re-reads from its file
+    asked: list[str] = []
+
+    def original(name: str):
+        asked.append(name)
+        return source.get(name)
+
+    fresh = _state(model)
+    fl = fuse_lora(model, lora, 0.7, original=original)
+    fused = _state(model)
+    assert fl.kept_bytes == 0 and len(asked) == 60
+    fl.set(False)
+    assert _same(fresh, _state(model)) == []
+    fl.set(True)
+    assert _same(fused, _state(model)) == []
+
+
+def test_a_source_that_disagrees_with_the_loaded_weights_is_not_trusted(tmp_path):
+    lora = read_lora(lightx2v_like(seed=3).write(tmp_path / "l.safetensors"))
+    model = tiny(dtype=torch.bfloat16)
+    fresh = _state(model)
+    wrong = {k: v.float() + 1e-3 for k, v in params_of(model).items()}  # e.g. another file
+    fl = fuse_lora(model, lora, 1.0, original=wrong.get)
+    assert fl.kept_bytes > 0
+    fl.set(False)
+    assert _same(fresh, _state(model)) == []
+
+
+def test_fp8_experts_are_requantised_from_the_originals(tmp_path):
+    """Out: the fp8 buffers equal those of an expert quantised with no LoRA ever fused; in again: equal
+    to those quantised right after the first fuse (what a fresh load with the LoRA gives)."""
+    lora = read_lora(lightx2v_like(seed=4).write(tmp_path / "l.safetensors"))
+    model = tiny(dtype=torch.bfloat16)
+    never = copy.deepcopy(model)
+    convert_to_fp8(never, use_scaled_mm=False)
+    fl = fuse_lora(model, lora, 1.0)
+    convert_to_fp8(model, use_scaled_mm=False)
+    assert isinstance(model.blocks[0].attn2.to_q, FP8Linear)
+    fused = _state(model)
+    fl.set(False)
+    assert _same(_state(never), _state(model)) == []
+    fl.set(True)
+    assert _same(fused, _state(model)) == []
+
+
+def test_strength_zero_and_a_second_handle_leave_nothing_behind(tmp_path):
+    lora = read_lora(lightx2v_like(seed=5).write(tmp_path / "l.safetensors"))
+    model = tiny()
+    fresh = _state(model)
+    fuse_lora(model, lora, 0.0)
+    assert _same(fresh, _state(model)) == []
+    fl = FusedLora(model, lora, 2.0)
+    assert _same(fresh, _state(model)) == []  # planning touches nothing
+    fl.set(True)
+    fl.set(True)  # idempotent
+    fl.set(False)
+    assert _same(fresh, _state(model)) == []
