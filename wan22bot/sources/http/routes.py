@@ -68,12 +68,17 @@ class Routes:
             counts = await asyncio.wait_for(self.src.queue.counts(), 5.0)
         except TimeoutError:
             return web.json_response({"status": "degraded", "error": "the job journal is not answering"}, status=503)
+        # the worker's own verdict (stuck or dead GPU thread): 503, as the systemd watchdog sees it
+        health = getattr(self.src.worker, "health", None)
+        worker = health().to_dict() if health is not None else None
+        ok = worker is None or worker["ok"]
         return web.json_response({
-            "status": "ok",
+            "status": "ok" if ok else "unhealthy",
             "model_loaded": self.src.model_loaded(),
             "queue_depth": counts.get("queued", 0),
             "running": counts.get("running", 0),
-        })
+            **({"worker": worker} if worker is not None else {}),
+        }, status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await self.src.metrics.render()
