@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -128,3 +129,35 @@ async def test_failed_names_never_overwrite(rig):
     assert (rig.failed / "dup.jpg").read_bytes() == b"earlier"
     assert (rig.failed / "dup.jpg.error.txt").read_text() == "earlier reason.\n"
     assert (rig.failed / "dup-2.jpg").read_bytes() == b"not a photo either"
+
+
+async def test_a_companion_that_is_a_link_fails_the_photo_and_its_target_is_never_read(rig, tmp_path):
+    secret = tmp_path / "elsewhere" / "hostname"
+    secret.parent.mkdir()
+    secret.write_text("secret-box-name\n")
+    os.symlink(secret, rig.input / "host.jpg.txt")  # the prompt would be the host's name
+    os.symlink(secret, rig.input / "opts.toml")  # stem form, options
+    fifo = rig.input / "pipe.jpg.txt"
+    os.mkfifo(fifo)  # reading it would hang the check
+    await rig.start()
+    for i, name in enumerate(["host.jpg", "opts.jpg", "pipe.jpg"]):
+        rig.drop(name, seed=40 + i)
+    rig.drop("control.jpg", seed=45)
+    (rig.input / "control.jpg.txt").write_text("an ordinary prompt")
+    await wait_for(lambda: all((rig.failed / f"{n}.error.txt").exists() for n in ["host.jpg", "opts.jpg", "pipe.jpg"]),
+                   10, "error files")
+    jobs = await rig.wait_jobs(1, JobState.done)
+    assert [j.spec.original_name for j in jobs] == ["control.jpg"]
+    assert jobs[0].spec.options.prompt == "an ordinary prompt"
+    await quiet()
+    assert len(await rig.jobs()) == 1
+    err = {n: _error_of(rig, n) for n in ["host.jpg", "opts.jpg", "pipe.jpg"]}
+    assert "host.jpg.txt is a symbolic link" in err["host.jpg"]
+    assert "opts.toml is a symbolic link" in err["opts.jpg"]
+    assert "pipe.jpg.txt is not a regular file" in err["pipe.jpg"]
+    for text in err.values():
+        assert "secret-box-name" not in text
+    # The links travel with their photo as links; their target is untouched.
+    assert (rig.failed / "host.jpg.txt").is_symlink() and (rig.failed / "opts.toml").is_symlink()
+    assert secret.read_text() == "secret-box-name\n"
+    assert rig.listing(rig.input) == set()

@@ -17,10 +17,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tomllib
 from pathlib import Path
 
-from PIL import Image
 from pydantic import ValidationError
 
 from ..errors import InputError
@@ -81,7 +81,9 @@ def find_companions(photo: Path) -> dict[str, Path]:
         if kind in found:
             continue
         p = photo.with_name(name)
-        if p.is_file():
+        # A link or a FIFO counts as there (and is then refused when read): skipping it silently
+        # would run the photo with another prompt than the one its owner meant.
+        if _present(p):
             found[kind] = p
     return found
 
@@ -102,9 +104,17 @@ def movable_companions(photo: Path, extensions: set[str]) -> list[tuple[Path, st
         if form == "stem" and shared:
             continue
         p = photo.with_name(name)
-        if p.is_file() and not p.is_symlink():
+        if _present(p):  # a link moves as a link; its target is never touched
             out.append((p, form))
     return out
+
+
+def _present(p: Path) -> bool:
+    """Something other than a folder is at `p` (links are not followed)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
 
 
 def companion_signature(photo: Path) -> tuple:
@@ -112,7 +122,7 @@ def companion_signature(photo: Path) -> tuple:
     sig = []
     for name, _form in companion_names(photo.name):
         try:
-            st = os.stat(photo.with_name(name))
+            st = os.lstat(photo.with_name(name))
         except OSError:
             continue
         sig.append((name, st.st_size, st.st_mtime_ns))
@@ -120,14 +130,32 @@ def companion_signature(photo: Path) -> tuple:
 
 
 def _read_text(p: Path) -> str:
+    """A companion's text. Only a regular file of the folder itself is read: a link could point at
+    any file the daemon may read (/etc/hostname, a key) and put it in the job, the API and the page."""
     try:
-        size = p.stat().st_size
-        if size > MAX_COMPANION_BYTES:
-            raise InputError(f"{p.name} is {size // 1024} KiB; a prompt or options file may be at most "
-                             f"{MAX_COMPANION_BYTES // 1024} KiB")
-        raw = p.read_bytes()
+        # O_NOFOLLOW refuses a link at open time (no check-then-open race); O_NONBLOCK keeps a FIFO
+        # from hanging the open, and fstat then refuses it as not a regular file.
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{p.name} is a symbolic link; a prompt or options file must be a regular file "
+                             "in the watched folder, so replace the link with a copy") from None
+        raise InputError(f"{p.name} cannot be read ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{p.name} is not a regular file; a prompt or options file must be an "
+                                 "ordinary text file")
+            if st.st_size > MAX_COMPANION_BYTES:
+                raise InputError(f"{p.name} is {st.st_size // 1024} KiB; a prompt or options file may be at most "
+                                 f"{MAX_COMPANION_BYTES // 1024} KiB")
+            raw = f.read(MAX_COMPANION_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{p.name} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_COMPANION_BYTES:  # it grew after the fstat
+        raise InputError(f"{p.name} is larger than {MAX_COMPANION_BYTES // 1024} KiB, the limit for a prompt or "
+                         "options file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -170,22 +198,6 @@ def read_options(photo: Path) -> JobOptions:
         if len(shown) > 60:
             shown = shown[:57] + "..."
         raise InputError(f"{where} sets {key} = {shown}, which is not allowed: {msg}") from None
-
-
-# ---------------------------------------------------------------------------------- photo checks
-def decode_check(photo: Path, name: str) -> None:
-    """Decode the whole image once (reduced-size for JPEG) so a truncated file fails here, not in a job."""
-    try:
-        with Image.open(photo) as img:
-            if img.format == "JPEG":
-                w, h = img.size
-                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-            img.seek(0)
-            img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        detail = one_line(str(exc)).rstrip(".")
-        raise InputError(f"{name} is damaged or truncated and cannot be decoded" +
-                         (f" ({detail})" if detail else "")) from None
 
 
 # ---------------------------------------------------------------------------------- messages

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...config import Config
 from ...errors import ConfigError, InputError, Wan22Error
-from ...images import probe_photo
+from ...images import check_photo
 from ...jobs import JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
 from .. import sidecars
@@ -295,8 +295,7 @@ class FolderSource:
     # ------------------------------------------------------------------ submit
     def _prepare(self, p: Path, sig: tuple) -> tuple[JobSpec, bytes] | None:
         """Blocking: check the photo and its companions, read it. None when it changed meanwhile."""
-        probe_photo(p, p.name, max_megapixels=self.max_megapixels, max_bytes=self.max_bytes)
-        sidecars.decode_check(p, p.name)
+        check_photo(p, p.name, max_megapixels=self.max_megapixels, max_bytes=self.max_bytes)
         options: JobOptions = sidecars.read_options(p)
         data = p.read_bytes()
         if self._observe_file(p) != sig:
