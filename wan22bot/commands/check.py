@@ -72,6 +72,13 @@ def run_checks(cfg: Config) -> Report:
     rep.warnings.extend(model_rep.warnings)
     rep.errors.extend(model_rep.errors)
 
+    # LoRAs: per file, the tensors it patches by key kind and the keys skipped (no weights loaded)
+    from ..engine.lora_check import check_loras
+
+    lora_ok, lora_errors = check_loras(m)
+    rep.ok.extend(lora_ok)
+    rep.errors.extend(lora_errors)
+
     # device
     try:
         dev = resolve_device(m.device)
