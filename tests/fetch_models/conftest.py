@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.fetch import SEED_FILES
+from wan22bot.fetch.catalog import SEED_FILES
 
 from .fakehub import FakeHub, start
 

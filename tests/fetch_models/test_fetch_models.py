@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.fetch import SEED_FILES, STAGING, RemoteFile, partial_path
+from wan22bot.fetch.catalog import SEED_FILES
+from wan22bot.fetch.download import STAGING, partial_path
+from wan22bot.fetch.hub import RemoteFile
 
 from .conftest import SIZES, content_for, fetch, spawn
 
@@ -287,3 +289,16 @@ async def test_a_second_run_into_the_same_folder_is_refused_while_one_is_running
     assert run.stderr.strip().endswith(
         f"another wan22bot fetch-models is already downloading into {dest}; wait for it or stop it first")
     assert hub.seen == []
+
+
+def test_help_lists_the_files_the_default_and_the_exit_codes():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "wan22bot", "fetch-models", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for rel in LAYOUT:
+        assert rel in out.stdout
+    assert "Comfy-Org/Wan_2.1_ComfyUI_repackaged" in out.stdout
+    assert "else ./models" in out.stdout and "exit codes:" in out.stdout

@@ -25,7 +25,7 @@ def config_block(dest: Path) -> str:
 
 
 def cmd_fetch_models(cfg: Config, args: argparse.Namespace) -> int:
-    from ..fetch import fetch_seed_files
+    from ..fetch.download import fetch_seed_files
 
     if not args.verbose:
         # one line per request would bury the progress lines

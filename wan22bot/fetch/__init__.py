@@ -1,7 +1,6 @@
-"""`wan22bot fetch-models`: the seed workflow's six ComfyUI files, from their public Hub repositories."""
+"""`wan22bot fetch-models`: the seed workflow's six ComfyUI files, from their public Hub repositories.
 
-from .catalog import SEED_FILES, SeedFile
-from .download import STAGING, FetchResult, fetch_seed_files, partial_path
-from .hub import HubError, RemoteFile
-
-__all__ = ["SEED_FILES", "STAGING", "FetchResult", "HubError", "RemoteFile", "SeedFile", "fetch_seed_files", "partial_path"]
+catalog: which files, from where, to where (no imports beyond the standard library, so the CLI's
+help can list them); hub: the Hub's metadata and byte streams; download: the folder, disk check,
+resume, sha256 and the final rename.
+"""

@@ -50,3 +50,21 @@ SEED_FILES: tuple[SeedFile, ...] = (
 
 def approx_total_gb() -> float:
     return sum(f.approx_bytes for f in SEED_FILES) / 1e9
+
+
+def help_epilog() -> str:
+    """The file table and exit codes for `wan22bot fetch-models --help`."""
+    rows = "\n".join(
+        f"  {f.relpath:<66} {f.approx_bytes / 1e9:5.2f} GB  {f.repo_id}" for f in SEED_FILES
+    )
+    return (
+        f"files, under DIR (about {approx_total_gb():.0f} GB in all), and the repository each comes from:\n{rows}\n\n"
+        "Partial downloads wait in DIR/.wan22bot-fetch/ until complete and checked; then they are renamed\n"
+        "into place. Status lines go to stderr; the [model] lines for config.toml go to stdout.\n\n"
+        "examples:\n"
+        "  wan22bot fetch-models --dest /srv/models      then set [model] comfyui = \"/srv/models\"\n"
+        "  HF_ENDPOINT=https://mirror.example wan22bot fetch-models   through a Hub mirror\n\n"
+        "exit codes: 0 done, 2 DIR not usable (or another run is filling it), 4 the Hub unreachable,\n"
+        "refusing, missing a file or serving wrong bytes, 7 not enough disk (checked first) or disk full\n"
+        "(the partial file is kept: run again to continue), 130 interrupted (run again to continue)."
+    )
