@@ -1,0 +1,58 @@
+"""generation.encoder: auto falls back to libx264 with a log line; a forced NVENC that cannot open
+is a clear error before any work; the config key is validated."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from wan22bot.config import GenerationConfig
+from wan22bot.errors import ConfigError
+from wan22bot.video import EncodeSettings, Mp4Writer, choose_codec, nvenc_problem
+
+needs_no_nvenc = pytest.mark.skipif(nvenc_problem() is None, reason="NVENC opens on this machine")
+
+
+@needs_no_nvenc
+def test_auto_falls_back_to_libx264_and_says_why(caplog, tmp_path):
+    from wan22bot import video
+
+    video._log_fallback_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger="wan22bot.video"):
+        assert choose_codec("auto") == "libx264"
+        w = Mp4Writer(tmp_path / "a.mp4", 64, 64, 16, EncodeSettings(encoder="auto"))
+        w.abort()
+    assert w.codec == "libx264"
+    lines = [r.getMessage() for r in caplog.records if "NVENC not used" in r.getMessage()]
+    assert len(lines) == 1 and "libx264" in lines[0]  # said once, not per job
+    assert nvenc_problem() in lines[0]
+
+
+@needs_no_nvenc
+def test_forced_nvenc_that_cannot_open_is_a_config_error_naming_the_fix(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        Mp4Writer(tmp_path / "n.mp4", 64, 64, 16, EncodeSettings(encoder="nvenc"))
+    msg = str(exc.value)
+    assert msg.startswith('generation.encoder is "nvenc" but ')
+    assert "h264_nvenc" in msg and 'set generation.encoder = "libx264"' in msg
+    assert not list(tmp_path.iterdir())  # refused before any file was made
+
+
+def test_libx264_is_taken_as_asked():
+    assert choose_codec("libx264") == "libx264"
+
+
+def test_unknown_encoder_names_the_choices():
+    with pytest.raises(ConfigError, match="use one of auto, libx264, nvenc"):
+        choose_codec("x265")
+
+
+def test_config_keys_default_and_validate():
+    g = GenerationConfig()
+    assert (g.encoder, g.encoder_threads) == ("auto", 0)
+    assert GenerationConfig(encoder="nvenc", encoder_threads=8).encoder_threads == 8
+    with pytest.raises(ValueError, match="encoder"):
+        GenerationConfig(encoder="h265")
+    with pytest.raises(ValueError, match="encoder_threads"):
+        GenerationConfig(encoder_threads=-1)
