@@ -131,6 +131,9 @@ class GenerationConfig(_Section):
     crf: int = Field(18, ge=0, le=51)
     encoder_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                             "slower", "veryslow"] = "fast"
+    # "auto": NVENC when this PyAV has h264_nvenc and it opens on this GPU, else libx264.
+    encoder: Literal["auto", "libx264", "nvenc"] = "auto"
+    encoder_threads: int = Field(0, ge=0, le=256)  # libx264 frame threads; 0 = one per core
 
     @field_validator("width", "height")
     @classmethod
