@@ -43,6 +43,16 @@ def _lock_is_free(state) -> bool:
 
 def test_second_daemon_on_the_same_state_folder_exits_at_once_naming_the_holder(daemon_factory, tmp_path):
     first = daemon_factory().start()
+    # start-up is not silent: what it loads, at once, then where it listens
+    first.wait_for(lambda: "ready:" in first.log.read_text(), 30, "the ready line")
+    log = first.log.read_text()
+    lines = [ln.split(": ", 1)[-1] for ln in log.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("wan22bot starting: config "))
+    loading = next(i for i, ln in enumerate(lines) if ln.startswith("loading models: tiny on cpu"))
+    loaded = next(i for i, ln in enumerate(lines) if ln.startswith("models loaded in "))
+    ready = lines.index(f"ready: watching {first.input}, http on http://127.0.0.1:{first.port}")
+    assert start < loading < loaded < ready, log
+    assert str(first.config) in lines[start] and str(first.state) in lines[start]
     # the same config (state folder) from another directory, as a second unit or a stray shell would
     second = subprocess.run([sys.executable, "-m", "wan22bot", "run", "-c", str(first.config)],
                             cwd=tmp_path.parent, capture_output=True, text=True, timeout=60,
