@@ -302,3 +302,12 @@ def test_help_lists_the_files_the_default_and_the_exit_codes():
         assert rel in out.stdout
     assert "Comfy-Org/Wan_2.1_ComfyUI_repackaged" in out.stdout
     assert "else ./models" in out.stdout and "exit codes:" in out.stdout
+
+
+async def test_without_dest_it_fills_the_configs_comfyui_folder(hub, tmp_path):
+    (tmp_path / "config.toml").write_text('[model]\nkind = "wan2.2-i2v-a14b"\ncomfyui = "shared/ComfyUI/models"\n')
+    run = await fetch(hub.url, tmp_path)
+    dest = tmp_path / "shared" / "ComfyUI" / "models"
+    assert run.rc == 0, run.stderr
+    assert files_under(dest) == sorted(LAYOUT) and not (tmp_path / "models").exists()
+    assert run.stdout == config_block(dest)

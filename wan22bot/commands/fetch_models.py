@@ -15,8 +15,7 @@ DEFAULT_DEST = Path("models")
 
 def default_dest(cfg: Config) -> Path:
     """The config's `[model] comfyui` folder when it names one (fill it in), else ./models."""
-    configured = getattr(cfg.model, "comfyui", None)
-    return Path(configured) if configured else DEFAULT_DEST
+    return cfg.model.comfyui or DEFAULT_DEST
 
 
 def config_block(dest: Path) -> str:
