@@ -211,6 +211,14 @@ class HttpConfig(_Section):
     token_env: str = "WAN22BOT_HTTP_TOKEN"
     public_url: str | None = None
     max_upload_mb: float = Field(64.0, gt=0.0, le=4096.0)
+    # A request body that has not fully arrived after this many seconds is dropped (408), so a
+    # client sending 1 byte/s cannot hold a connection and its buffer forever.
+    body_timeout_seconds: float = Field(60.0, gt=0.0, le=3600.0)
+    # Uploads read at the same time; one more gets 503 with Retry-After.
+    max_concurrent_uploads: int = Field(4, ge=1, le=1000)
+    # Video links posted to Discord are signed and expire after this many days (no token needed).
+    link_days: float = Field(7.0, gt=0.0, le=3650.0)
+
 
 
 class QueueConfig(_Section):
@@ -243,16 +251,47 @@ class Config(_Section):
     # The file it was read from (None: built-in defaults).
     source: Annotated[Path | None, Field(exclude=True)] = None
 
+    @model_validator(mode="after")
+    def _frames_fit_the_model(self) -> "Config":
+        n = self.generation.frames
+        if n is not None and n > max_frames(self.model.kind):
+            raise ValueError(f"[generation] frames = {n}: {frames_limit_sentence(self.model.kind)}; set "
+                             f"generation.frames to {max_frames(self.model.kind)} or fewer")
+        return self
+
+
+# The most frames each model kind makes. The tiny model's rotary position table has 32 temporal
+# positions (rope_max_seq_len in engine/tiny.py), one per latent frame, and the VAE packs 4 frames
+# per latent after the first: (32 - 1) * 4 + 1 = 125; one more latent frame is a RuntimeError deep
+# in the transformer. Wan 2.2 A14B's table is far longer; 161 frames (10 s at 16 fps) is the longest
+# the workflow it replaces runs, and what its memory estimates are measured for.
+MAX_FRAMES = {"tiny": 125, "wan2.2-i2v-a14b": 161}
+
+
+def max_frames(kind: str) -> int:
+    return MAX_FRAMES.get(kind, min(MAX_FRAMES.values()))
+
+
+def frames_limit_sentence(kind: str) -> str:
+    return f"the {kind} model makes at most {max_frames(kind)} frames"
+
+
+def check_model_frames(n: int | None, kind: str) -> None:
+    """A ValueError naming the model's limit when `n` frames is more than model `kind` makes."""
+    if n is not None and n > max_frames(kind):
+        raise ValueError(f"frames is {n}, but {frames_limit_sentence(kind)}; ask for {max_frames(kind)} or fewer")
+
 
 def check_frames(n: int) -> None:
     """Frame counts must be 4k+1 (the VAE packs 4 frames per latent after the first)."""
-    if n < 1 or n > 1001 or (n - 1) % 4 != 0:
+    top = max(MAX_FRAMES.values())
+    if n < 1 or n > top or (n - 1) % 4 != 0:
         lo = max(1, ((n - 1) // 4) * 4 + 1)
         hi = lo + 4
         if n < 1:
             raise ValueError(f"frames must be 4k+1 and at least 1 (e.g. 25, 49, 81), got {n}")
-        if n > 1001:
-            raise ValueError(f"frames must be at most 1001, got {n}")
+        if n > top:
+            raise ValueError(f"frames must be at most {top} (the most any supported model makes), got {n}")
         raise ValueError(f"frames must be 4k+1; {n} is not: the nearest valid counts are {lo} and {hi}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import Config
+from .config import Config, check_model_frames
 from .engine.generator import CancelFn, GenerationRequest, Progress, ProgressFn, TwoPassGenerator
 from .engine.presets import PRESETS
 from .errors import Cancelled, DiskFull, InputError, ModelError
@@ -71,11 +71,16 @@ def resolve_settings(cfg: Config, options: JobOptions, photo_size: tuple[int, in
     if seed is None or seed < 0:
         seed = new_seed()
     interpolate = options.interpolate if options.interpolate is not None else cfg.interpolation.enabled
+    frames = options.frames or g.frames or dframes
+    try:  # a job queued before a model change, or a watch-folder companion file, may ask for more
+        check_model_frames(frames, cfg.model.kind)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     return Settings(
         preset=preset_name,
         width=width,
         height=height,
-        frames=options.frames or g.frames or dframes,
+        frames=frames,
         fps=g.fps,
         steps=steps,
         switch_step=switch,

@@ -63,3 +63,15 @@ async def test_encoded_control_character_in_file_name_is_a_400(make_server, queu
     assert await queue.list() == []
     status, body = await _post(srv, b'filename="plain name.png"')
     assert status == 202 and body["photo"] == "plain name.png"
+
+
+async def test_frames_above_the_models_limit_are_a_400_naming_the_limit(make_server, queue):
+    srv = await make_server()  # the tiny model: at most 125 frames
+    status, body, _ = await srv.upload(png_bytes(), "a.png", frames=129)
+    assert status == 400 and body["field"] == "frames"
+    assert body["error"] == "frames is 129, but the tiny model makes at most 125 frames; ask for 125 or fewer"
+    status, body, _ = await srv.upload(png_bytes(), "a.png", frames=1001)
+    assert status == 400 and body["field"] == "frames" and "at most 161" in body["error"]
+    assert await queue.list() == []
+    status, body, _ = await srv.upload(png_bytes(), "a.png", frames=125)
+    assert status == 202 and body["options"]["frames"] == 125

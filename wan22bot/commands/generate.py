@@ -5,15 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Config
+from pydantic import ValidationError
+
+from ..config import Config, check_model_frames
+from ..errors import ConfigError
 from ..jobs import JobOptions
 from ..render import Renderer
 from .report import ProgressLine, timing_table
 
 
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
-    options = JobOptions(prompt=args.prompt, frames=args.frames, seed=args.seed,
-                         interpolate=args.interpolate, preset=args.preset, steps=args.steps)
+    try:
+        options = JobOptions(prompt=args.prompt, frames=args.frames, seed=args.seed,
+                             interpolate=args.interpolate, preset=args.preset, steps=args.steps)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "--" + ".".join(str(p) for p in err.get("loc", ())).replace("_", "-")
+        raise ConfigError(f"{key}: {err.get('msg', 'invalid value').removeprefix('Value error, ')}") from None
+    try:  # before the model loads: the tiny model would fail deep inside the transformer instead
+        check_model_frames(options.frames or cfg.generation.frames, cfg.model.kind)
+    except ValueError as exc:
+        raise ConfigError(f"--frames: {exc}") from None
     image = Path(args.image)
     if args.output is not None:
         out = Path(args.output)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Optional
 import discord
 from discord import app_commands
 
+from ...config import max_frames
+
 if TYPE_CHECKING:
     from .source import DiscordSource
 
@@ -71,8 +73,9 @@ class BotClient(discord.Client):
 
 
 def add_commands(tree: app_commands.CommandTree, source: "DiscordSource", fps: int) -> None:
+    limit = max_frames(source.cfg.model.kind)  # only lengths the loaded model can make
     choices = [app_commands.Choice(name=f"{n} frames (about {n / max(fps, 1):.1f} s)", value=n)
-               for n in FRAME_CHOICES]
+               for n in FRAME_CHOICES if n <= limit]
 
     @tree.command(name="animate", description="Turn a photo into a short video")
     @app_commands.describe(

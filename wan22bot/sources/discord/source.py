@@ -33,7 +33,7 @@ import discord
 import yarl
 from pydantic import ValidationError
 
-from ...config import Config
+from ...config import Config, check_model_frames
 from ...errors import ConfigError, DiskFull, InputError
 from ... import images
 from ...images import PhotoInfo
@@ -453,8 +453,11 @@ class DiscordSource:
             try:
                 options = JobOptions(prompt=req.prompt or None, frames=req.frames, seed=req.seed,
                                      interpolate=req.interpolate)
+                check_model_frames(options.frames, self.cfg.model.kind)
             except ValidationError as exc:
                 return None, f"Those options don't work: {exc.errors()[0].get('msg', 'invalid value')}."
+            except ValueError as exc:  # more frames than this model makes
+                return None, f"Those options don't work: {exc}."
             try:
                 data = await asyncio.wait_for(req.read(), 120)
             except (discord.HTTPException, *TRANSIENT) as exc:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
-from ...config import Config
+from ...config import Config, check_model_frames
 from ...errors import DiskFull, InputError
 from ...images import check_photo
 from ...jobs import JobOptions, JobSpec
@@ -131,6 +131,10 @@ class Uploads:
         except ValidationError as exc:
             field, sentence = options_error(exc, given)
             raise RequestError(400, sentence, field=field) from None
+        try:
+            check_model_frames(options.frames, src.cfg.model.kind)
+        except ValueError as exc:
+            raise RequestError(400, str(exc), field="frames") from None
         if options.interpolate and not src.interpolation_available():
             raise RequestError(400, "interpolate is not available on this server (the RIFE weights are not "
                                     "installed); send interpolate=false", field="interpolate")
