@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
+from wan22bot.engine import fp8_linear
 from wan22bot.engine.fp8_linear import FP8Linear, convert_to_fp8
 from wan22bot.engine.lora import FusedLora, fuse_lora, read_lora
 
@@ -76,15 +78,17 @@ def test_a_source_that_disagrees_with_the_loaded_weights_is_not_trusted(tmp_path
     assert _same(fresh, _state(model)) == []
 
 
-def test_fp8_experts_are_requantised_from_the_originals(tmp_path):
+@pytest.mark.parametrize("scaling", getattr(fp8_linear, "SCALINGS", ("rowwise",)))
+def test_fp8_experts_are_requantised_from_the_originals(tmp_path, scaling):
     """Out: the fp8 buffers equal those of an expert quantised with no LoRA ever fused; in again: equal
     to those quantised right after the first fuse (what a fresh load with the LoRA gives)."""
     lora = read_lora(lightx2v_like(seed=4).write(tmp_path / "l.safetensors"))
     model = tiny(dtype=torch.bfloat16)
     never = copy.deepcopy(model)
-    convert_to_fp8(never, use_scaled_mm=False)
+    kw = {} if scaling == "rowwise" else {"scaling": scaling}
+    convert_to_fp8(never, use_scaled_mm=False, **kw)
     fl = fuse_lora(model, lora, 1.0)
-    convert_to_fp8(model, use_scaled_mm=False)
+    convert_to_fp8(model, use_scaled_mm=False, **kw)
     assert isinstance(model.blocks[0].attn2.to_q, FP8Linear)
     fused = _state(model)
     fl.set(False)
@@ -105,3 +109,29 @@ def test_strength_zero_and_a_second_handle_leave_nothing_behind(tmp_path):
     fl.set(True)  # idempotent
     fl.set(False)
     assert _same(fresh, _state(model)) == []
+
+
+def test_generator_uses_the_loaders_originals_when_the_components_offer_them(tmp_path):
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.components import load_components
+    from wan22bot.engine.generator import TwoPassGenerator
+
+    def factory(cfg, device, dtype):
+        comps = load_components(cfg, device, dtype)
+        # what a loader does: a way back to each expert's tensors as loaded, by parameter name
+        comps.originals = {k: params_of(getattr(comps, k)).get for k in ("transformer", "transformer_2")}
+        return comps
+
+    path = lightx2v_like(seed=6).write(tmp_path / "l.safetensors")
+    gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu", lora_high=path, lora_low=path),
+                           components_factory=factory)
+    gen.load()
+    assert set(gen.loras) == {"transformer", "transformer_2"}
+    assert all(fl.kept_bytes == 0 for fl in gen.loras.values())
+    fused = _state(gen.components.transformer_2)
+    gen._set_lora(False)
+    from wan22bot.engine.tiny import tiny_components
+
+    assert _same(_state(tiny_components(0)["transformer_2"]), _state(gen.components.transformer_2)) == []
+    gen._set_lora(True)
+    assert _same(fused, _state(gen.components.transformer_2)) == []

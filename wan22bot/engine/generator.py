@@ -140,9 +140,11 @@ class TwoPassGenerator:
                                     ("transformer_2", lora_low, self.cfg.lora_low_strength)):
             if path is not None:
                 lora_files[key] = (read_lora(path), strength)
-        # the loader may offer each expert's original tensors by name (re-read from its files), so
-        # taking a LoRA out needs no host copy of the weights it patched
-        originals = getattr(comps, "originals", None) or {}
+        # The loader may offer each expert's original tensors by name (re-read from its files), so
+        # taking a LoRA out needs no host copy of the weights it patched: `comps.originals` maps
+        # "transformer" / "transformer_2" to `fn(diffusers parameter name) -> tensor as loaded, or None`
+        # (it may be filled while an expert's builder runs; it is read after the build).
+        originals = getattr(comps, "originals", None)
         self.loras = {}
         cuda = self.device.type == "cuda"
         # Components may hold builders instead of modules, so a 32 GB card never has to hold two
@@ -167,10 +169,13 @@ class TwoPassGenerator:
             setattr(comps, key, model)
             if key in lora_files:
                 lora, strength = lora_files[key]
-                fl = FusedLora(model, lora, strength, device=self.device, original=originals.get(key))
+                source = originals.get(key) if originals is not None else None
+                fl = FusedLora(model, lora, strength, device=self.device, original=source)
                 fl.set(True)
                 self.loras[key] = fl
-                log.info("fused LoRA (strength %g) into %s: %s", strength, key, fl.report.render())
+                log.info("fused LoRA (strength %g) into %s: %s; originals for taking it out: %s", strength, key,
+                         fl.report.render(), f"host copy, {fl.kept_bytes / 2**30:.2f} GiB" if fl.kept_bytes
+                         else "re-read from the model file")
             if self.cfg.weights == "fp8":
                 n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling)
                 log.info("%s: %d linear layers stored in fp8", key, n)

@@ -346,19 +346,29 @@ class FusedLora:
         return self._kept[name]
 
     def _write(self, p: Patch, on: bool) -> None:
-        from .fp8_linear import quantize_rows
-
         mod, leaf, cur = self._current(p.target)
         dtype = cur.dtype if cur is not None else mod.compute_dtype
         dev = self.device or (cur.device if cur is not None else mod.weight_fp8.device)
         base = self._original(p.target, cur).to(dev, dtype)
         new = p.fused(base, self.strength) if on else base
-        if cur is None:  # an FP8Linear: re-quantise the restored (or re-fused) weight, as at load
-            q, scale = quantize_rows(new)
-            mod.weight_fp8.copy_(q.to(mod.weight_fp8.device))
-            mod.weight_scale.copy_(scale.t().to(mod.weight_scale.device))
+        if cur is None:
+            _requantise(mod, new)
         else:
             cur.copy_(new.to(cur.device))
+
+
+def _requantise(mod: torch.nn.Module, weight: torch.Tensor) -> None:
+    """Store `weight` in an FP8Linear exactly as quantising it at load would: the layer class itself
+    quantises a linear holding `weight` (with the layer's own scaling), and its buffers are copied in."""
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, mod.in_features, mod.out_features, bias=False,
+                                      device=weight.device, dtype=weight.dtype)
+    linear.weight.data = weight
+    kw = {"scaling": mod.scaling} if hasattr(mod, "scaling") else {}
+    fresh = type(mod)(linear, use_scaled_mm=mod.use_scaled_mm, **kw)
+    mod.weight_fp8.copy_(fresh.weight_fp8.to(mod.weight_fp8.device))
+    mod.weight_scale.copy_(fresh.weight_scale.to(mod.weight_scale.device))
+    if hasattr(mod, "reset_calibration"):  # activation scales are calibrated again, as after a load
+        mod.reset_calibration()
 
 
 def fuse_lora(model: torch.nn.Module, lora: LoraFile, strength: float, **kw) -> FusedLora:
