@@ -12,7 +12,6 @@ import pytest
 
 from wan22bot.config import Config, GenerationConfig, ModelConfig, PathsConfig
 from wan22bot.errors import DiskFull
-from wan22bot.fsutil import atomic_write
 from wan22bot.jobs import JobSpec, JobState
 from wan22bot.queue import JobEvent, JobQueue
 
@@ -53,6 +52,8 @@ async def test_accepting_a_photo_fsyncs_the_file_then_the_spool_folder(queues, f
 
 
 def test_atomic_write_replaces_whole_and_flushes_the_folder(tmp_path, fsyncs):
+    from wan22bot.fsutil import atomic_write
+
     target = tmp_path / "side.json"
     target.write_text("old")
     atomic_write(target, "new")
@@ -62,6 +63,8 @@ def test_atomic_write_replaces_whole_and_flushes_the_folder(tmp_path, fsyncs):
 
 
 def test_atomic_write_full_disk_is_disk_full_and_leaves_the_old_file(tmp_path, monkeypatch):
+    from wan22bot.fsutil import atomic_write
+
     target = tmp_path / "side.json"
     target.write_text("old")
     real = os.fsync

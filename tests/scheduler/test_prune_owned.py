@@ -8,7 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from wan22bot.config import Config, PathsConfig, QueueConfig, SchedulerConfig
+from wan22bot.config import Config, PathsConfig, SchedulerConfig
 from wan22bot.jobs import JobResult, JobSpec, JobState
 from wan22bot.queue import JobQueue
 from wan22bot.scheduler import Housekeeper
@@ -51,7 +51,7 @@ async def _finished(q: JobQueue, out: Path, name: str, *, delivered: bool, state
 
 async def _rig(tmp_path, **sched):
     cfg = Config(paths=PathsConfig(input=tmp_path / "in", output=tmp_path / "out", state=tmp_path / "state"),
-                 scheduler=SchedulerConfig(**sched), queue=QueueConfig(keep_finished_days=30))
+                 scheduler=SchedulerConfig(**sched))  # [queue] keep_finished_days: its default, 30
     cfg.paths.output.mkdir(parents=True)
     q = JobQueue(cfg.paths.state, cfg.paths.output)
     await q.start()
