@@ -269,6 +269,12 @@ def move_group(photo: Path, dest_dir: Path, extensions: set[str], error: str | N
 
     With `error`, also writes `<photo name>.error.txt` beside the moved photo. Returns the new path.
     """
+    return move_group_noted(photo, dest_dir, extensions, error)[0]
+
+
+def move_group_noted(photo: Path, dest_dir: Path, extensions: set[str],
+                     error: str | None = None) -> tuple[Path, Path | None]:
+    """move_group, also returning where the error note was written (None without `error`)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     companions = movable_companions(photo, extensions)
     for n in range(1, 10000):
@@ -293,6 +299,7 @@ def move_group(photo: Path, dest_dir: Path, extensions: set[str], error: str | N
                 target = dest_dir / f"{nm}-{m}"
             except FileNotFoundError:
                 break
+    err_path = None
     if error is not None:
         err_path = dest_dir / (new_photo + ERROR_SUFFIX)
         for m in range(2, 10000):
@@ -302,4 +309,4 @@ def move_group(photo: Path, dest_dir: Path, extensions: set[str], error: str | N
                 break
             except FileExistsError:
                 err_path = dest_dir / f"{new_photo}-{m}{ERROR_SUFFIX}"
-    return moved
+    return moved, err_path

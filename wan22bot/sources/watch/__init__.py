@@ -9,10 +9,14 @@ How a photo travels:
    companions and sub-folders (processed/, failed/) do not. A symlink counts only when it points
    inside the input, processed or failed folder; others are ignored with a log line.
 2. Settles: it is taken only once its size and mtime (and those of its companions) have not
-   changed for `watch.settle_seconds`, checked every `watch.poll_seconds`.
+   changed for `watch.settle_seconds`, checked every `watch.poll_seconds`. Where the observer
+   reports close-after-write (inotify, Linux), a file written to since its last close is still
+   open in its writer and is not taken, however long the writer stalls (settle.py).
 3. Checked: header probe (type, bytes, megapixels), a full decode (a truncated file fails here) and
    the companions (`<photo>.txt`/`<stem>.txt` prompt, `<photo>.toml`/`<stem>.toml` options; see
-   sidecars.py). A photo that fails goes to the failed folder with `<photo>.error.txt`: no job.
+   sidecars.py; a companion that is a link or not a regular file is refused). A photo that fails
+   goes to the failed folder with `<photo>.error.txt`: no job. If it then changes there (its
+   writer had not finished), it goes back to the input folder once settled and its note is removed.
 4. Queued: every file dropped gets its own job and its own video, named after it; four copies of
    one photo under four names are four jobs. Only the same file seen twice (same path, and after a
    restart the same device, inode, size and mtime) is recognised as its job. While pending it

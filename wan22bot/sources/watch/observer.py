@@ -1,4 +1,5 @@
-"""The watchdog observer: a thread that hands each touched path of the input folder to the loop."""
+"""The watchdog observer: a thread that hands each touched path of the input folder to the loop,
+with what happened to it ("created", "modified", "moved", "closed": closed after writing)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ FS_EVENTS = ("created", "modified", "moved", "closed")
 class Forward(FileSystemEventHandler):
     """Runs in the observer thread: hands each touched path to the loop and nothing else."""
 
-    def __init__(self, on_path: Callable[[str], None], loop: asyncio.AbstractEventLoop):
+    def __init__(self, on_path: Callable[[str, str], None], loop: asyncio.AbstractEventLoop):
         self.on_path = on_path
         self.loop = loop
 
@@ -25,12 +26,12 @@ class Forward(FileSystemEventHandler):
             return
         path = os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path)
         try:
-            self.loop.call_soon_threadsafe(self.on_path, path)
+            self.loop.call_soon_threadsafe(self.on_path, path, event.event_type)
         except RuntimeError:  # the loop has closed: we are shutting down
             pass
 
 
-def start_observer(folder: Path, on_path: Callable[[str], None], loop: asyncio.AbstractEventLoop):
+def start_observer(folder: Path, on_path: Callable[[str, str], None], loop: asyncio.AbstractEventLoop):
     """Blocking: a started observer of `folder` (not recursive); OSError where the platform refuses."""
     obs = Observer()
     obs.schedule(Forward(on_path, loop), str(folder), recursive=False)
@@ -44,3 +45,12 @@ def stop_observer(obs) -> None:
     if obs is not None:
         obs.stop()
         obs.join(timeout=10)
+
+
+def reports_close(obs) -> bool:
+    """Whether `obs` reports close-after-write events (inotify, Linux); others only report changes."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux
+        return False
+    return isinstance(obs, InotifyObserver)

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import Config
@@ -22,8 +23,21 @@ from ...jobs import JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
 from .. import sidecars
 from .delivery import Outside, Replaced, destination, move_if_there, short
-from .observer import start_observer, stop_observer
+from .observer import reports_close, start_observer, stop_observer
 from .settle import Settler
+
+# A photo refused by the check and then changed inside the failed folder (its writer had not
+# finished) goes back to the queue; after this long unchanged it is no longer watched.
+REVIVE_WINDOW_SECONDS = 3600.0
+
+
+@dataclass
+class _Judged:
+    """A photo the check refused, now in the failed folder."""
+
+    sig: tuple | None  # (size, mtime) when it was moved there
+    note: Path | None  # its .error.txt
+    at: float  # monotonic time it was judged
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,8 @@ class FolderSource:
         self.rescan_seconds = rescan_seconds
         self.observe = observe
         self._pending = Settler(cfg.watch.settle_seconds)
+        self._judged: dict[str, _Judged] = {}  # failed-folder path -> why it is watched there
+        self._revive = Settler(cfg.watch.settle_seconds)
         self._submitted: dict[str, str] = {}  # photo path -> job id (pending here, or its move failed)
         self._delivered: set[str] = set()
         self._logged: set[tuple] = set()  # (path, reason) already logged, so rescans do not repeat it
@@ -61,6 +77,7 @@ class FolderSource:
         self.extensions = sidecars.normalise_extensions(cfg.watch.extensions)
         self.settle_seconds = cfg.watch.settle_seconds
         self._pending.settle_seconds = self.settle_seconds
+        self._revive.settle_seconds = self.settle_seconds
         self.poll_seconds = cfg.watch.poll_seconds
         self.max_megapixels = cfg.generation.max_megapixels
         self.max_bytes = int(cfg.generation.max_file_mb * 2**20)
@@ -157,13 +174,16 @@ class FolderSource:
         try:
             obs = start_observer(self.input_dir, self._fs_event, self._loop)
         except OSError as exc:
+            self._pending.track_writers = False
             log.warning("watch: cannot observe %s (%s); relying on a rescan every %.0f s", self.input_dir,
                         exc, self.rescan_seconds)
             return
         self._observer = obs
+        self._pending.track_writers = reports_close(obs)
 
     def _stop_observer(self) -> None:
         obs, self._observer = self._observer, None
+        self._pending.track_writers = False
         stop_observer(obs)
 
     def _spawn(self, coro) -> None:
@@ -177,12 +197,16 @@ class FolderSource:
             log.error("watch: background task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ discovery
-    def _fs_event(self, path: str) -> None:
-        """On the loop: the observer saw `path` change."""
+    def _fs_event(self, path: str, kind: str = "modified") -> None:
+        """On the loop: the observer saw `path` change (`kind`: created, modified, moved, closed)."""
         p = Path(path)
         if p.parent != self.input_dir:
             return  # an event about a sub-folder's contents or another folder
         self._consider(p)
+        if kind == "modified":
+            self._pending.wrote(str(p))
+        elif kind in ("closed", "moved"):  # closed after writing, or renamed into place whole
+            self._pending.closed(str(p))
 
     def _consider(self, p: Path) -> None:
         key = str(p)
@@ -253,6 +277,8 @@ class FolderSource:
                     next_scan = time.monotonic() + self.rescan_seconds
                 if self._pending:
                     await self._check_pending()
+                if self._judged:
+                    await self._check_judged()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -359,7 +385,8 @@ class FolderSource:
 
     async def _fail_photo(self, p: Path, reason: str) -> None:
         try:
-            moved = await asyncio.to_thread(sidecars.move_group, p, self.failed_dir, self.extensions, reason)
+            moved, note = await asyncio.to_thread(sidecars.move_group_noted, p, self.failed_dir, self.extensions,
+                                                  reason)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -368,6 +395,49 @@ class FolderSource:
             self._submitted[str(p)] = ""  # do not try it again in this run
             return
         log.warning("watch: %s -> %s: %s", p.name, short(moved, self.failed_dir), sidecars.sentence(reason))
+        # Its writer may not have finished (a copy that stalled longer than settle_seconds, where
+        # close events are not reported): if it changes in the failed folder, it is taken again.
+        sig = await asyncio.to_thread(_plain_sig, moved)
+        if sig is not None:
+            self._judged[str(moved)] = _Judged(sig, note, time.monotonic())
+
+    async def _check_judged(self) -> None:
+        """Refused photos that changed in the failed folder, once settled, go back to the input."""
+        keys = list(self._judged)
+        sigs = await asyncio.to_thread(lambda: {k: _plain_sig(Path(k)) for k in keys})
+        now = time.monotonic()
+        changed: dict[str, tuple] = {}
+        for key, sig in sigs.items():
+            judged = self._judged.get(key)
+            if judged is None:
+                continue
+            if sig is None or (sig == judged.sig and now - judged.at > REVIVE_WINDOW_SECONDS):
+                self._judged.pop(key, None)
+                self._revive.discard(key)
+            elif sig != judged.sig:
+                self._revive.add(key)
+                changed[key] = sig
+        for key in self._revive.ready(changed, now):
+            judged = self._judged.pop(key)
+            self._revive.discard(key)
+            try:
+                back = await asyncio.to_thread(self._bring_back, Path(key), judged.note)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("watch: %s changed after it was refused, but cannot go back to %s: %s", key,
+                          self.input_dir, exc)
+                continue
+            log.info("watch: %s changed after it was refused; it goes back to the queue as %s",
+                     short(Path(key), self.failed_dir), back.name)
+            self._consider(back)
+
+    def _bring_back(self, p: Path, note: Path | None) -> Path:
+        """Blocking: move a refused photo (and companions) back into the input; drop its error note."""
+        back = sidecars.move_group(p, self.input_dir, self.extensions, None)
+        if note is not None:
+            note.unlink(missing_ok=True)
+        return back
 
     # ------------------------------------------------------------------ delivery
     def _on_event(self, event: JobEvent) -> None:
@@ -438,3 +508,12 @@ def file_identity(p: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _plain_sig(p: Path) -> tuple[int, int] | None:
+    """Blocking: (size, mtime) of a regular file at `p` (links not followed); None otherwise."""
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
