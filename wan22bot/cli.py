@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, logsafe
 from .errors import Wan22Error
 
 EPILOG = """examples:
@@ -140,6 +140,10 @@ def setup_logging(verbose: bool) -> None:
     under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, datefmt="%H:%M:%S")
+    # user values (job ids, file names) in log lines are escaped, so none can forge a line
+    logsafe.install()
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logsafe.SafeFormatter(fmt, datefmt="%H:%M:%S"))
     for noisy in ("diffusers", "transformers", "PIL", "asyncio", "discord", "apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
     # read by the libraries when (and if) they are imported; importing them here would delay every
