@@ -53,3 +53,30 @@ def test_unsettle_makes_it_wait_a_full_period_again():
     assert s.ready({"a.jpg": (5, 1, ())}, now=2.5) == ["a.jpg"]
     s.discard("a.jpg")
     assert "a.jpg" not in s and not s
+
+
+def test_an_open_writer_holds_a_stable_file_back_until_it_closes():
+    s = Settler(1.0, track_writers=True)
+    s.add("copy.jpg")
+    s.wrote("copy.jpg")
+    s.ready({"copy.jpg": (100, 1, ())}, now=0.0)
+    assert s.ready({"copy.jpg": (100, 1, ())}, now=5.0) == []  # stable for 5 s, but still open
+    s.closed("copy.jpg")
+    assert s.ready({"copy.jpg": (100, 1, ())}, now=5.0) == ["copy.jpg"]
+
+
+def test_a_lost_close_event_does_not_hold_a_file_forever():
+    s = Settler(1.0, track_writers=True)
+    s.add("copy.jpg")
+    s.wrote("copy.jpg")
+    s.ready({"copy.jpg": (100, 1, ())}, now=0.0)
+    assert s.ready({"copy.jpg": (100, 1, ())}, now=s.open_writer_limit() - 1) == []
+    assert s.ready({"copy.jpg": (100, 1, ())}, now=s.open_writer_limit()) == ["copy.jpg"]
+
+
+def test_without_close_events_writes_do_not_hold_anything_back():
+    s = Settler(1.0, track_writers=False)
+    s.add("copy.jpg")
+    s.wrote("copy.jpg")
+    s.ready({"copy.jpg": (100, 1, ())}, now=0.0)
+    assert s.ready({"copy.jpg": (100, 1, ())}, now=1.0) == ["copy.jpg"]
