@@ -70,3 +70,13 @@ def verify(unit_path: Path) -> tuple[int, list[str]]:
                          timeout=60, cwd=unit_path.parent)
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
     return out.returncode, lines
+
+
+def security_exposure(unit_path: Path) -> tuple[float, str]:
+    """`systemd-analyze security --offline=true`: (the overall exposure level, the whole report)."""
+    out = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(unit_path)],
+                         capture_output=True, text=True, timeout=60, cwd=unit_path.parent)
+    text = out.stdout + out.stderr
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", text)
+    assert m, f"no exposure level in the output of systemd-analyze security (exit {out.returncode}):\n{text}"
+    return float(m.group(1)), text
