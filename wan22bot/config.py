@@ -218,7 +218,9 @@ class HttpConfig(_Section):
     max_concurrent_uploads: int = Field(4, ge=1, le=1000)
     # Video links posted to Discord are signed and expire after this many days (no token needed).
     link_days: float = Field(7.0, gt=0.0, le=3650.0)
-
+    # More host names the API answers to (the Host header), besides the loopback names, `host`
+    # and public_url's host; others get 421, which stops DNS-rebinding pages.
+    allowed_hosts: list[str] = []
 
 
 class QueueConfig(_Section):

@@ -39,6 +39,13 @@ def read_token(cfg: Config) -> str | None:
             f"token: put one in the environment variable {env} (for example the output of `openssl rand -hex 32`) "
             "or set http.host to 127.0.0.1"
         )
+    if token is None and cfg.http.public_url:
+        # A proxy on this machine connects from 127.0.0.1: without a token, the whole API would be public.
+        raise ConfigError(
+            f"http.public_url is set ({cfg.http.public_url}), so the API is reached through a proxy and needs a "
+            f"bearer token: put one in the environment variable {env} (for example the output of "
+            "`openssl rand -hex 32`) or remove http.public_url"
+        )
     if token is not None and len(token) < 16:
         log.warning("the HTTP bearer token in %s is shorter than 16 characters; use a longer random one", env)
     return token

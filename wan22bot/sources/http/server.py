@@ -15,9 +15,10 @@ from ...config import Config
 from ...errors import ConfigError
 from ...metrics import Metrics
 from ...queue import Job, JobEvent, JobQueue
-from .auth import auth_middleware, read_token
+from .auth import auth_middleware, is_public, read_token
 from .errors import RequestError, error_response, http_sentence
 from .events import EventHub
+from .guard import HostPolicy, guard_middleware
 from .routes import WEB_FILES, Routes, job_json
 from .uploads import Uploads, upload_cap
 
@@ -50,6 +51,7 @@ class HttpSource:
         self.uploads = Uploads(self)
         self._token: str | None = None
         self._runner: web.AppRunner | None = None
+        self._policy = HostPolicy.build(cfg, cfg.http.port)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -79,6 +81,7 @@ class HttpSource:
         addrs = runner.addresses
         if addrs:
             self.port = addrs[0][1]
+        self._policy = HostPolicy.build(self.cfg, self.port)
         self.queue.add_listener(self.metrics.on_event)
         self.queue.add_listener(self._on_event)
         try:  # jobs that finished while the API was down are fetched by polling too
@@ -109,11 +112,13 @@ class HttpSource:
             token = self._token
         self.cfg = cfg
         self._token = token
+        self._policy = HostPolicy.build(bound, self.port)
 
     # ------------------------------------------------------------------ app
     def build_app(self) -> web.Application:
         cap = upload_cap(self.cfg)[0]
-        app = web.Application(middlewares=[self._errors_mw, auth_middleware(lambda: self._token, WEB_FILES)],
+        guard = guard_middleware(lambda: self._policy, lambda: self._token, lambda p: is_public(p, WEB_FILES))
+        app = web.Application(middlewares=[self._errors_mw, guard, auth_middleware(lambda: self._token, WEB_FILES)],
                               client_max_size=cap + 1024 * 1024)
         r, routes = app.router, self.routes
         r.add_get("/healthz", routes.healthz)
