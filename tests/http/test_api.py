@@ -294,18 +294,21 @@ async def test_status_and_events(make_server, stand_in, queue):
     assert st["queue"]["counts"]["queued"] == 0 and st["auth"] is False
 
     seen: list[dict] = []
+    subscribed = asyncio.Event()
 
     async def listen():
         async with srv.session.get(srv.url("/api/events")) as r:
             assert r.headers["Content-Type"] == "text/event-stream"
             async for line in r.content:
+                if line.startswith(b"retry:"):  # written once the stream is subscribed
+                    subscribed.set()
                 if line.startswith(b"data: "):
                     seen.append(json.loads(line[6:]))
                     if seen[-1]["kind"] == "done":
                         return
 
     task = asyncio.create_task(listen())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(subscribed.wait(), 10)
     _, job, _ = await srv.upload()
     stand_in.start()
     await asyncio.wait_for(task, 20)
