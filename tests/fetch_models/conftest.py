@@ -9,9 +9,38 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.fetch.catalog import SEED_FILES
+from .fakehub import FakeFile, FakeHub, start
 
-from .fakehub import FakeHub, start
+WAN22 = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+WAN21 = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+STAGING = ".wan22bot-fetch"
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One of the six files, as the tests know it independently of wan22bot's own table."""
+
+    repo_id: str
+    path_in_repo: str
+
+    @property
+    def name(self) -> str:
+        return self.path_in_repo.rsplit("/", 1)[-1]
+
+    @property
+    def relpath(self) -> str:
+        return self.path_in_repo.removeprefix("split_files/")
+
+
+# Where ComfyUI's Wan 2.2 14B image-to-video template downloads them from.
+SEED = [
+    Seed(WAN22, "split_files/diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
+    Seed(WAN22, "split_files/diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
+    Seed(WAN21, "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    Seed(WAN22, "split_files/vae/wan_2.1_vae.safetensors"),
+    Seed(WAN22, "split_files/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"),
+    Seed(WAN22, "split_files/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"),
+]
 
 # Six tiny stand-ins for the six real files, at the real repositories' paths. Sizes differ so a
 # file landing in the wrong place would show; the first is big enough to be interrupted halfway.
@@ -32,7 +61,7 @@ class Run:
 @pytest.fixture
 async def hub():
     h = FakeHub()
-    for i, f in enumerate(SEED_FILES):
+    for i, f in enumerate(SEED):
         h.add(f.repo_id, f.path_in_repo, content_for(i))
     runner, url = await start(h)
     h.url = url
@@ -41,6 +70,17 @@ async def hub():
     finally:
         h.release.set()
         await runner.cleanup()
+
+
+def served(hub: FakeHub, i: int) -> FakeFile:
+    return hub.files[(SEED[i].repo_id, SEED[i].path_in_repo)]
+
+
+def partial_of(hub: FakeHub, dest: Path, i: int) -> Path:
+    """Where fetch-models keeps file i while it is incomplete: named after the sha256 it must end with."""
+    seed = SEED[i]
+    subfolder = seed.relpath.rsplit("/", 1)[0]
+    return dest / STAGING / subfolder / f"{seed.name}.{served(hub, i).sha256[:16]}.incomplete"
 
 
 def child_env(endpoint: str, tmp_path: Path) -> dict[str, str]:

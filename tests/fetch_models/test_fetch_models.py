@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.fetch.catalog import SEED_FILES
-from wan22bot.fetch.download import STAGING, partial_path
-from wan22bot.fetch.hub import RemoteFile
-
-from .conftest import SIZES, content_for, fetch, spawn
+from .conftest import SEED, SIZES, STAGING, content_for, fetch, partial_of, served, spawn
 
 # The layout ComfyUI's loaders (and `[model] comfyui`) look for, written out rather than derived
 # from the catalog so a wrong catalog entry fails here.
@@ -46,21 +42,13 @@ async def wait_until(cond, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def remote_of(i: int, hub) -> RemoteFile:
-    seed = SEED_FILES[i]
-    f = hub.files[(seed.repo_id, seed.path_in_repo)]
-    return RemoteFile(seed=seed, size=f.size, sha256=f.sha256)
-
-
 def test_catalog_is_the_seed_layout_from_the_comfy_org_repositories():
-    assert [f.relpath for f in SEED_FILES] == LAYOUT
-    repos = {f.relpath: (f.repo_id, f.path_in_repo) for f in SEED_FILES}
-    assert repos["text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"] == (
-        "Comfy-Org/Wan_2.1_ComfyUI_repackaged", "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors")
-    for rel in LAYOUT[:2] + LAYOUT[3:]:
-        repo, path = repos[rel]
-        assert repo == "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
-        assert path == "split_files/" + rel
+    from wan22bot.fetch.catalog import SEED_FILES
+
+    assert [s.relpath for s in SEED] == LAYOUT
+    assert [(f.repo_id, f.path_in_repo, f.relpath) for f in SEED_FILES] == [
+        (s.repo_id, s.path_in_repo, s.relpath) for s in SEED]
+    assert {f.revision for f in SEED_FILES} == {"main"}
 
 
 async def test_downloads_the_six_files_into_the_comfyui_layout_and_prints_the_config(hub, tmp_path):
@@ -71,7 +59,7 @@ async def test_downloads_the_six_files_into_the_comfyui_layout_and_prints_the_co
     for i, rel in enumerate(LAYOUT):
         assert (dest / rel).read_bytes() == content_for(i), rel
     assert run.stdout == config_block(dest)
-    for f in SEED_FILES:
+    for f in SEED:
         assert [s.status for s in hub.requests_to(f"/{f.repo_id}/resolve/main/{f.path_in_repo}")] == [302]
     assert len(hub.requests_to("/cdn/")) == 6
     assert run.stderr.count("matches the repository") == 6
@@ -105,10 +93,9 @@ async def test_a_present_file_with_the_wrong_bytes_is_replaced(hub, tmp_path):
 
 async def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     dest = tmp_path / "m"
-    big = remote_of(0, hub)
     cut = 100 * 1024
-    hub.files[(big.seed.repo_id, big.seed.path_in_repo)].stall_after = cut
-    partial = partial_path(dest, big)
+    served(hub, 0).stall_after = cut
+    partial = partial_of(hub, dest, 0)
 
     proc = await spawn(hub.url, tmp_path, "--dest", str(dest))
     try:
@@ -126,15 +113,14 @@ async def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):
     assert f"{LAYOUT[0]}: resuming at" in run.stderr
     assert (dest / LAYOUT[0]).read_bytes() == content_for(0)
     sha_of_bytes = hashlib.sha256(content_for(0)).hexdigest()
-    served = hub.requests_to(f"/cdn/{sha_of_bytes}")
-    assert [(s.range, s.status, s.body_bytes) for s in served] == [(f"bytes={cut}-", 206, SIZES[0] - cut)]
+    cdn_hits = hub.requests_to(f"/cdn/{sha_of_bytes}")
+    assert [(s.range, s.status, s.body_bytes) for s in cdn_hits] == [(f"bytes={cut}-", 206, SIZES[0] - cut)]
     assert files_under(dest) == sorted(LAYOUT)
 
 
 async def test_wrong_sha256_is_a_clear_error_and_the_bad_file_is_not_kept(hub, tmp_path):
     dest = tmp_path / "m"
-    vae = SEED_FILES[3]
-    hub.files[(vae.repo_id, vae.path_in_repo)].listed_sha256 = "ab" * 32  # the bytes served differ from this
+    served(hub, 3).listed_sha256 = "ab" * 32  # the bytes served differ from this
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 4
     last = run.stderr.strip().splitlines()[-1]
@@ -149,9 +135,8 @@ async def test_wrong_sha256_is_a_clear_error_and_the_bad_file_is_not_kept(hub, t
 
 async def test_not_enough_free_disk_fails_before_downloading_anything(hub, tmp_path):
     dest = tmp_path / "m"
-    expert = SEED_FILES[0]
     huge = shutil.disk_usage(tmp_path).free + 10**12
-    hub.files[(expert.repo_id, expert.path_in_repo)].listed_size = huge
+    served(hub, 0).listed_size = huge
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 7
     needed = huge + sum(SIZES[1:])
@@ -164,7 +149,7 @@ async def test_not_enough_free_disk_fails_before_downloading_anything(hub, tmp_p
 @pytest.mark.parametrize("case", ["file-404", "unlisted-file", "repo-404"])
 async def test_missing_file_or_repository_is_a_clear_error(hub, tmp_path, case):
     dest = tmp_path / "m"
-    lora = SEED_FILES[5]
+    lora = SEED[5]
     if case == "file-404":
         hub.status_for[f"/{lora.repo_id}/resolve/main/{lora.path_in_repo}"] = 404
         expect = (f"wan22bot: error: {lora.repo_id}/{lora.path_in_repo} was not found on the Hugging Face Hub "
@@ -173,7 +158,7 @@ async def test_missing_file_or_repository_is_a_clear_error(hub, tmp_path, case):
         del hub.files[(lora.repo_id, lora.path_in_repo)]
         expect = f"wan22bot: error: {lora.path_in_repo} is not in {lora.repo_id} (revision main)"
     else:
-        te = SEED_FILES[2]
+        te = SEED[2]
         del hub.files[(te.repo_id, te.path_in_repo)]  # the only file of that repository: the repository is gone
         expect = f"wan22bot: error: repository {te.repo_id} (revision main) was not found"
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
@@ -205,8 +190,7 @@ async def test_hub_unreachable_is_one_line(tmp_path):
 
 async def test_disk_full_during_download_keeps_the_partial_and_says_how_to_continue(hub, tmp_path):
     dest = tmp_path / "m"
-    big = remote_of(0, hub)
-    partial = partial_path(dest, big)
+    partial = partial_of(hub, dest, 0)
     partial.parent.mkdir(parents=True)
     os.symlink("/dev/full", partial)  # every write to it fails with the kernel's ENOSPC
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
@@ -241,40 +225,38 @@ async def test_unwritable_destination_is_refused_before_asking_the_hub(hub, tmp_
 async def test_a_dropped_connection_is_resumed_within_the_same_run(hub, tmp_path):
     dest = tmp_path / "m"
     cut = 40 * 1024
-    hub.files[(SEED_FILES[1].repo_id, SEED_FILES[1].path_in_repo)].drop_after = cut
+    served(hub, 1).drop_after = cut
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 0, run.stderr
     assert (dest / LAYOUT[1]).read_bytes() == content_for(1)
-    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(1)).hexdigest()}")
-    assert [(s.range, s.status, s.body_bytes) for s in served] == [
+    cdn_hits = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(1)).hexdigest()}")
+    assert [(s.range, s.status, s.body_bytes) for s in cdn_hits] == [
         (None, 200, cut), (f"bytes={cut}-", 206, SIZES[1] - cut)]
 
 
 async def test_a_server_ignoring_range_restarts_the_file_cleanly(hub, tmp_path):
     dest = tmp_path / "m"
-    vae = remote_of(3, hub)
-    partial = partial_path(dest, vae)
+    partial = partial_of(hub, dest, 3)
     partial.parent.mkdir(parents=True)
     partial.write_bytes(content_for(3)[:5000])
-    hub.files[(vae.seed.repo_id, vae.seed.path_in_repo)].ignore_range = True
+    served(hub, 3).ignore_range = True
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 0, run.stderr
     assert (dest / LAYOUT[3]).read_bytes() == content_for(3)
-    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
-    assert [(s.range, s.status, s.body_bytes) for s in served] == [("bytes=5000-", 200, SIZES[3])]
+    cdn_hits = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
+    assert [(s.range, s.status, s.body_bytes) for s in cdn_hits] == [("bytes=5000-", 200, SIZES[3])]
 
 
 async def test_a_partial_of_different_content_is_discarded_not_resumed(hub, tmp_path):
     dest = tmp_path / "m"
-    vae = remote_of(3, hub)
-    stale = partial_path(dest, vae).with_name(f"{vae.seed.name}.{'0' * 16}.incomplete")
+    stale = partial_of(hub, dest, 3).with_name(f"{SEED[3].name}.{'0' * 16}.incomplete")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"bytes of an older upload of this file")
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 0, run.stderr
     assert not stale.exists() and (dest / LAYOUT[3]).read_bytes() == content_for(3)
-    served = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
-    assert [s.range for s in served] == [None]
+    cdn_hits = hub.requests_to(f"/cdn/{hashlib.sha256(content_for(3)).hexdigest()}")
+    assert [s.range for s in cdn_hits] == [None]
 
 
 async def test_a_second_run_into_the_same_folder_is_refused_while_one_is_running(hub, tmp_path):
@@ -311,3 +293,25 @@ async def test_without_dest_it_fills_the_configs_comfyui_folder(hub, tmp_path):
     assert run.rc == 0, run.stderr
     assert files_under(dest) == sorted(LAYOUT) and not (tmp_path / "models").exists()
     assert run.stdout == config_block(dest)
+
+
+async def test_ctrl_c_keeps_the_partial_and_says_how_to_continue(hub, tmp_path):
+    import signal
+
+    dest = tmp_path / "m"
+    cut = 64 * 1024
+    served(hub, 0).stall_after = cut
+    partial = partial_of(hub, dest, 0)
+    proc = await spawn(hub.url, tmp_path, "--dest", str(dest))
+    try:
+        await wait_until(lambda: partial.is_file() and partial.stat().st_size == cut)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines()[-1] == (
+        "wan22bot: interrupted; what was downloaded is kept: run fetch-models again to continue")
+    assert partial.stat().st_size == cut and not (dest / LAYOUT[0]).exists() and out == b""
