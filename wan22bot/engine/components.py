@@ -101,10 +101,27 @@ def load_components(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) 
             max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
             description=f"tiny (built-in, random weights, seed {cfg.seed_weights})",
         )
-    problems = check_model_files(cfg)
+    problems = check_model_files(cfg) + inspect_model_files(cfg)
     if problems:
         raise ModelError("the model files are not usable:\n  " + "\n  ".join(problems))
     return _load_real(cfg, dtype)
+
+
+def inspect_model_files(cfg: ModelConfig) -> list[str]:
+    """Header-level problems of the single files that exist: wrong kind of model, unreadable layout."""
+    from .single_files import inspect_file
+
+    problems: list[str] = []
+    files = resolve_model_files(cfg)
+    for part in MODEL_PARTS:
+        p = files.get(part)
+        if p is None or not Path(p).is_file():
+            continue
+        try:
+            inspect_file(p, part)
+        except ModelError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _load_real(cfg: ModelConfig, dtype: torch.dtype) -> Components:

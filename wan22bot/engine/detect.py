@@ -33,7 +33,7 @@ def _count(shapes: Mapping, pattern: str) -> int:
 def what_is_it(shapes: Mapping) -> str:
     """A short name for a file that is not what was asked for."""
     keys = set(shapes)
-    plain = {k.removeprefix(EXPERT_PREFIX) for k in keys}
+    plain = strip_expert_prefix(shapes)
     if any(".lora_down." in k or ".lora_up." in k or ".lora_A." in k or ".lora_B." in k for k in keys):
         return "a LoRA"
     if "patch_embedding.weight" in plain and any(k.startswith("blocks.") for k in plain):

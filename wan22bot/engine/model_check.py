@@ -53,8 +53,13 @@ def forward_is_finite(part: str, path: Path, dtype: torch.dtype) -> str | None:
     else:
         raise ValueError(part)
     finite = _finite(out)
+    # torch's CPU flash attention turns a NaN query into finite output, so the output alone can
+    # miss broken weights: every tensor must be finite too.
+    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not _finite(t)), None)
     del model, out
     gc.collect()
+    if bad is not None:
+        return f"its weights hold NaN/inf (e.g. {bad}): the file is damaged or its layout is not read correctly"
     return None if finite else "its test forward gives NaN/inf: the weights are not read correctly"
 
 
