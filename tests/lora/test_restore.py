@@ -135,3 +135,33 @@ def test_generator_uses_the_loaders_originals_when_the_components_offer_them(tmp
     assert _same(_state(tiny_components(0)["transformer_2"]), _state(gen.components.transformer_2)) == []
     gen._set_lora(True)
     assert _same(fused, _state(gen.components.transformer_2)) == []
+
+
+def test_preset_switches_in_swap_mode_give_the_videos_of_fresh_loads(tmp_path):
+    """fast, quality, fast: the quality video equals one from a daemon that never had the LoRA, the
+    second fast video equals the first. In swap mode the experts are parked on the host between passes:
+    the switch must land in those host copies, not in a device copy the next swap drops."""
+    mode = "swap"
+    import numpy as np
+    from PIL import Image
+
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.generator import GenerationRequest, TwoPassGenerator
+
+    img = Image.fromarray((np.random.RandomState(1).rand(96, 64, 3) * 255).astype("uint8"))
+
+    def req(lora: bool) -> GenerationRequest:
+        return GenerationRequest(image=img, width=64, height=96, frames=1, prompt="a cat", seed=4, steps=2,
+                                 switch_step=1, lora=lora)
+
+    hi = lightx2v_like(seed=7).write(tmp_path / "hi.safetensors")
+    lo = lightx2v_like(seed=8).write(tmp_path / "lo.safetensors")
+    g = TwoPassGenerator(ModelConfig(device="cpu", memory=mode, lora_high=hi, lora_low=lo))
+    fast = g.generate(req(True)).frames
+    quality = g.generate(req(False)).frames
+    fast_again = g.generate(req(True)).frames
+    assert g.memory_mode == mode
+    never = TwoPassGenerator(ModelConfig(device="cpu", memory=mode)).generate(req(False)).frames
+    assert torch.equal(quality, never)
+    assert torch.equal(fast_again, fast)
+    assert not torch.equal(fast, quality)
