@@ -22,10 +22,12 @@ from . import __version__
 from .config import Config, check_model_frames
 from .engine.generator import CancelFn, GenerationRequest, Progress, ProgressFn, TwoPassGenerator
 from .engine.presets import PRESETS
-from .errors import Cancelled, DiskFull, InputError, ModelError
+from .errors import DiskFull, InputError, ModelError
 from .images import load_photo, target_size
 from .jobs import TIMING_KEYS, JobOptions, JobResult
-from .video import encode_mp4
+from .background_encoder import BackgroundEncoder
+from .tail import StreamingTail
+from .video import EncodeSettings, Mp4Writer
 
 log = logging.getLogger(__name__)
 
@@ -161,40 +163,49 @@ class Renderer:
         before_load = time.perf_counter() - t_photo
         load_seconds = self.load() if not self.loaded else 0.0  # reported apart: warm runs are what's compared
         t_start = time.perf_counter() - before_load
-        out = self.generator.generate(
-            GenerationRequest(image=image, width=s.width, height=s.height, frames=s.frames, prompt=s.prompt,
-                              negative_prompt=s.negative_prompt, steps=s.steps, switch_step=s.switch_step,
-                              cfg=s.cfg, shift=s.shift, seed=s.seed, lora=s.lora),
-            progress, should_cancel)
-        timings = {k: 0.0 for k in TIMING_KEYS}
-        timings.update(out.timings)
-        frames, fps = out.frames, s.fps
-        if interp is not None:
-            if should_cancel and should_cancel():
-                raise Cancelled("cancelled before interpolation")
-            progress(Progress("interpolate"))
-            t0 = time.perf_counter()
-            frames = interp.double(frames)
-            if hasattr(frames, "device") and frames.device.type == "cuda":
-                torch.cuda.synchronize(frames.device)
-            timings["interpolate"] = time.perf_counter() - t0
-            fps = s.fps * 2
-        progress(Progress("encode"))
-        t0 = time.perf_counter()
-        arr = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
         output_dir = Path(output_dir)
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DiskFull(f"cannot create the output folder {output_dir}: {exc.strerror}") from None
         mp4 = output_dir / f"{name}.mp4"
-        size = encode_mp4(arr, mp4, fps, crf=g.crf, preset=g.encoder_preset)
-        timings["encode"] = time.perf_counter() - t0
+        fps = s.fps * 2 if interp is not None else s.fps
+        # Opened before the passes: a forced encoder that cannot open fails now, not after them.
+        writer = Mp4Writer(mp4, s.width, s.height, fps,
+                           EncodeSettings(encoder=g.encoder, crf=g.crf, preset=g.encoder_preset,
+                                          threads=g.encoder_threads))
+        encoder = BackgroundEncoder(writer)
+        marks: dict[str, float] = {}
+
+        def on_progress(p: Progress) -> None:
+            if p.stage == "vae_decode":
+                marks.setdefault("tail_start", time.perf_counter())  # pass 2 has just ended
+            progress(p)
+
+        tail = StreamingTail(encoder, self.generator.device,
+                             doubler=interp.stream(total_frames=s.frames) if interp is not None else None,
+                             should_cancel=should_cancel, on_stage=lambda stage: progress(Progress(stage)))
+        try:
+            out = self.generator.generate(
+                GenerationRequest(image=image, width=s.width, height=s.height, frames=s.frames, prompt=s.prompt,
+                                  negative_prompt=s.negative_prompt, steps=s.steps, switch_step=s.switch_step,
+                                  cfg=s.cfg, shift=s.shift, seed=s.seed, lora=s.lora),
+                on_progress, should_cancel, sink=tail)
+            size = tail.finish()
+        except BaseException:
+            encoder.abort()  # the encoder thread is joined and the partial MP4 removed
+            raise
+        timings = {k: 0.0 for k in TIMING_KEYS}
+        timings.update(out.timings)
+        timings["interpolate"] = tail.interpolate
+        timings["yuv"] = tail.yuv
+        timings["encode"] = encoder.busy
+        timings["tail"] = time.perf_counter() - marks.get("tail_start", time.perf_counter())
         timings["total"] = time.perf_counter() - t_start
         if load_seconds:
             timings["model_load"] = load_seconds
         result = JobResult(output=str(mp4), sidecar=str(output_dir / f"{name}.json"), timings=timings,
-                           frames=int(arr.shape[0]), fps=fps, width=s.width, height=s.height, seed=s.seed,
+                           frames=tail.frames_out, fps=fps, width=s.width, height=s.height, seed=s.seed,
                            bytes=size)
         sidecar = {
             "name": name,
@@ -206,6 +217,7 @@ class Renderer:
             "duration_seconds": round(result.frames / fps, 4),
             "model": self.generator.components.description if self.generator.components else self.cfg.model.kind,
             "timings": {k: round(v, 4) for k, v in timings.items()},
+            "encoder": writer.codec,
             "versions": versions(self.generator.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(meta or {}),

@@ -150,11 +150,14 @@ def test_sidecar_has_timings_seed_settings_versions(rendered):
     t = side["timings"]
     for key in TIMING_KEYS:
         assert key in t, key
-    for key in ("text_encode", "image_encode", "pass1", "pass2", "vae_decode", "encode", "total"):
+    for key in ("text_encode", "image_encode", "pass1", "pass2", "vae_decode", "yuv", "encode", "tail", "total"):
         assert t[key] > 0, key
     assert t["interpolate"] == 0
-    stages = sum(t[k] for k in ("text_encode", "image_encode", "pass1", "pass2", "vae_decode", "encode"))
+    # The encoder thread overlaps the decode, so `encode` is not a slice of the total; `tail` is.
+    assert t["tail"] >= (t["vae_decode"] + t["yuv"]) * 0.99
+    stages = sum(t[k] for k in ("text_encode", "image_encode", "pass1", "pass2", "tail"))
     assert t["total"] >= stages * 0.99
+    assert side["encoder"] in ("libx264", "h264_nvenc")
     assert side["seed"] == 4242
     s = side["settings"]
     assert (s["seed"], s["width"], s["height"], s["frames"], s["fps"]) == (4242, 64, 96, 5, 16)
@@ -163,3 +166,93 @@ def test_sidecar_has_timings_seed_settings_versions(rendered):
         assert side["versions"][key]
     assert side["frames"] == 5 and side["fps"] == 16 and side["source"] == "test"
     assert not list((d / "out").glob(".*.part"))
+
+
+# ------------------------------------------------------------------ render: the streamed tail
+
+
+@pytest.fixture(scope="module")
+def random_rife():
+    from wan22bot.interpolate import IFNet, Interpolator
+
+    from ..interpolate.helpers import random_state_dict
+
+    net = IFNet()
+    net.load_state_dict(random_state_dict(2))
+    return Interpolator.from_model(net.eval(), device="cpu", batch=3)
+
+
+def _renderer(tiny_gen, rife, out: Path, **gen) -> Renderer:
+    cfg = Config(paths=PathsConfig(output=out), model=ModelConfig(device="cpu"),
+                 generation=GenerationConfig(**{"width": 48, "height": 64, "frames": 5, "encoder": "libx264",
+                                                "encoder_threads": 2, **gen}))
+    r = Renderer(cfg, generator=tiny_gen)
+    r._interpolator = rife  # random weights: only the bits matter here, not the looks
+    return r
+
+
+def _encoder_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "mp4-encoder"]
+
+
+def test_streamed_render_equals_the_one_shot_path(tiny_gen, random_rife, tmp_path):
+    """Decode in chunks -> RIFE on chunks -> YUV -> encoder thread gives the same MP4 frames as
+    decoding everything, doubling it in one call and encoding it in one go."""
+    from wan22bot.engine.generator import GenerationRequest
+    from wan22bot.images import load_photo
+
+    photo = tmp_path / "p.png"
+    small_photo(60, 80).save(photo)
+    r = _renderer(tiny_gen, random_rife, tmp_path / "out")
+    result = r.render(photo, "streamed", tmp_path / "out", JobOptions(seed=99, interpolate=True))
+    assert (result.frames, result.fps) == (9, 32)
+    s = json.loads(Path(result.sidecar).read_text(encoding="utf-8"))["settings"]
+
+    image = load_photo(photo, photo.name, max_megapixels=50, max_bytes=2**26)
+    out = tiny_gen.generate(GenerationRequest(
+        image=image, width=s["width"], height=s["height"], frames=s["frames"], prompt=s["prompt"],
+        negative_prompt=s["negative_prompt"], steps=s["steps"], switch_step=s["switch_step"], cfg=s["cfg"],
+        shift=s["shift"], seed=s["seed"], lora=s["lora"]))
+    doubled = random_rife.double(out.frames.numpy())
+    g = r.cfg.generation
+    ref = tmp_path / "one_shot.mp4"
+    encode_mp4(doubled, ref, 32, crf=g.crf, preset=g.encoder_preset, threads=g.encoder_threads)
+    from tests.video.helpers import decoded_planes
+
+    got, want = decoded_planes(Path(result.output)), decoded_planes(ref)
+    assert got.shape == want.shape == (9, 64 * 3 // 2, 48)
+    assert np.array_equal(got, want)
+    t = json.loads(Path(result.sidecar).read_text(encoding="utf-8"))["timings"]
+    assert t["interpolate"] > 0 and t["tail"] >= (t["vae_decode"] + t["interpolate"] + t["yuv"]) * 0.99
+
+
+def test_cancel_while_decoding_stops_the_encoder_and_leaves_no_file(tiny_gen, random_rife, tmp_path):
+    from wan22bot.errors import Cancelled
+
+    photo = tmp_path / "p.png"
+    small_photo(64, 96).save(photo)
+    stages: list[str] = []
+    r = _renderer(tiny_gen, random_rife, tmp_path / "out")
+    with pytest.raises(Cancelled, match="while decoding"):
+        r.render(photo, "gone", tmp_path / "out", JobOptions(seed=1, interpolate=True),
+                 progress=lambda p: stages.append(p.stage), should_cancel=lambda: "vae_decode" in stages)
+    assert not _encoder_threads()
+    assert not list((tmp_path / "out").iterdir())  # neither the MP4 nor its .part
+
+
+def test_forced_nvenc_fails_before_the_passes(tiny_gen, random_rife, tmp_path):
+    from wan22bot.errors import ConfigError
+    from wan22bot.video import nvenc_problem
+
+    if nvenc_problem() is None:
+        pytest.skip("NVENC opens on this machine")
+    photo = tmp_path / "p.png"
+    small_photo(64, 96).save(photo)
+    stages: list[str] = []
+    r = _renderer(tiny_gen, random_rife, tmp_path / "out", encoder="nvenc")
+    with pytest.raises(ConfigError, match='generation.encoder is "nvenc"'):
+        r.render(photo, "n", tmp_path / "out", JobOptions(seed=1), progress=lambda p: stages.append(p.stage))
+    assert stages == [] and not _encoder_threads()
+    assert not list((tmp_path / "out").iterdir())
