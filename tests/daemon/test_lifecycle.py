@@ -43,16 +43,6 @@ def _lock_is_free(state) -> bool:
 
 def test_second_daemon_on_the_same_state_folder_exits_at_once_naming_the_holder(daemon_factory, tmp_path):
     first = daemon_factory().start()
-    # start-up is not silent: what it loads, at once, then where it listens
-    first.wait_for(lambda: "ready:" in first.log.read_text(), 30, "the ready line")
-    log = first.log.read_text()
-    lines = [ln.split(": ", 1)[-1] for ln in log.splitlines()]
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("wan22bot starting: config "))
-    loading = next(i for i, ln in enumerate(lines) if ln.startswith("loading models: tiny on cpu"))
-    loaded = next(i for i, ln in enumerate(lines) if ln.startswith("models loaded in "))
-    ready = lines.index(f"ready: watching {first.input}, http on http://127.0.0.1:{first.port}")
-    assert start < loading < loaded < ready, log
-    assert str(first.config) in lines[start] and str(first.state) in lines[start]
     # the same config (state folder) from another directory, as a second unit or a stray shell would
     second = subprocess.run([sys.executable, "-m", "wan22bot", "run", "-c", str(first.config)],
                             cwd=tmp_path.parent, capture_output=True, text=True, timeout=60,
@@ -66,6 +56,16 @@ def test_second_daemon_on_the_same_state_folder_exits_at_once_naming_the_holder(
     assert first.stop() == 0
     assert _lock_is_free(first.state)
     assert (first.state / "wan22bot.lock").read_text() == ""  # no stale PID left behind
+
+    # start-up was not silent: what it loads, at once, then where it listens
+    log = first.log.read_text()
+    lines = [ln.split(": ", 1)[-1] for ln in log.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("wan22bot starting: config "))
+    loading = next(i for i, ln in enumerate(lines) if ln.startswith("loading models: tiny on cpu"))
+    loaded = next(i for i, ln in enumerate(lines) if ln.startswith("models loaded in "))
+    ready = lines.index(f"ready: watching {first.input}, http on http://127.0.0.1:{first.port}")
+    assert start < loading < loaded < ready, log
+    assert str(first.config) in lines[start] and str(first.state) in lines[start]
 
 
 def test_port_taken_after_the_models_loaded_still_shuts_down_cleanly(daemon_factory, notify):

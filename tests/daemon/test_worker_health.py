@@ -47,12 +47,12 @@ class Loads:
         return load_components(cfg, device, dtype)
 
 
-def _cfg(tmp_path: Path, stall_minutes: float = 15.0) -> Config:
+def _cfg(tmp_path: Path, stall_minutes: float | None = None) -> Config:
     return Config(paths=PathsConfig(input=tmp_path / "in", output=tmp_path / "out", state=tmp_path / "state"),
                   model=ModelConfig(kind="tiny", device="cpu"),
                   generation=GenerationConfig(width=64, height=96, frames=5),
-                  queue=QueueConfig(stall_minutes=stall_minutes),
-                  http=HttpConfig(port=0))
+                  http=HttpConfig(port=0),
+                  **({"queue": QueueConfig(stall_minutes=stall_minutes)} if stall_minutes else {}))
 
 
 async def _until(pred, timeout: float, what: str):
