@@ -220,7 +220,7 @@ async def test_bad_uploads_are_refused_and_nothing_is_queued(tmp_path, queue, ma
 async def test_concurrent_uploads_never_lose_a_job(tmp_path, make_server):
     from wan22bot.queue import JobQueue
 
-    cfg = make_config(tmp_path, queue={"max_length": 17})
+    cfg = make_config(tmp_path, queue={"max_length": 17}, http={"max_concurrent_uploads": 50})  # the queue limits here
     q = JobQueue(cfg.paths.state, cfg.paths.output, max_length=cfg.queue.max_length)
     await q.start()
     try:

@@ -10,11 +10,13 @@ from aiohttp import web
 class RequestError(Exception):
     """Raised inside a handler to answer with a JSON error."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, *, close: bool = False,
+                 **extra: Any):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.close = close  # drop the connection after answering (the rest of the body is not wanted)
         self.extra = extra
 
 

@@ -24,6 +24,10 @@ from .uploads import Uploads, upload_cap
 
 log = logging.getLogger("wan22bot.sources.http")
 access_log = logging.getLogger("wan22bot.http.access")
+# After an answer that leaves part of the body unread (408, 413, 503), what is still in flight is read
+# and dropped for this long, so the client sees the answer rather than a reset; then the connection
+# closes. aiohttp's default (10 s) would let a slow client keep it that much longer.
+LINGER_SECONDS = 2.0
 
 
 class _AccessLogger(AbstractAccessLogger):
@@ -67,7 +71,7 @@ class HttpSource:
         self._token = read_token(self.cfg)
         app = self.build_app()
         runner = web.AppRunner(app, handle_signals=False, access_log_class=_AccessLogger, access_log=access_log,
-                               shutdown_timeout=5.0)
+                               shutdown_timeout=5.0, lingering_time=LINGER_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.http.host, self.cfg.http.port)
         try:
@@ -143,6 +147,8 @@ class HttpSource:
             resp = await handler(request)
         except RequestError as exc:
             resp = error_response(exc.status, exc.message, exc.headers, **exc.extra)
+            if exc.close:
+                resp.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

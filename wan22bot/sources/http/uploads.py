@@ -26,7 +26,9 @@ log = logging.getLogger("wan22bot.sources.http")
 
 OPTION_FIELDS = tuple(JobOptions.model_fields)  # prompt, negative_prompt, frames, seed, interpolate, preset, steps
 FIELD_LIMIT = 16 * 1024  # bytes for one text field (prompts are at most 2000 characters)
-REJECT_REASONS = {400: "invalid", 413: "too_large", 415: "not_multipart", 503: "queue_full", 507: "disk_full"}
+REJECT_REASONS = {400: "invalid", 408: "too_slow", 413: "too_large", 415: "not_multipart", 503: "queue_full",
+                  507: "disk_full"}
+BUSY_RETRY_SECONDS = 5  # uploads take seconds; a client told to wait this long usually gets in
 
 
 def control_character(text: str) -> str | None:
@@ -101,13 +103,23 @@ class Uploads:
 
     def __init__(self, src: HttpSource):
         self.src = src
+        self.active = 0  # uploads being received now
 
     async def post_job(self, request: web.Request) -> web.Response:
+        limit = self.src.cfg.http.max_concurrent_uploads
+        if self.active >= limit:
+            self.src.metrics.uploads_rejected.labels(reason="busy").inc()
+            raise RequestError(503, f"{self.active} uploads are already being received, the most this server "
+                                    f"takes at once (http.max_concurrent_uploads = {limit}); try again in a few "
+                                    "seconds", headers={"Retry-After": str(BUSY_RETRY_SECONDS)}, close=True)
+        self.active += 1
         try:
             return await self._accept(request)
         except RequestError as exc:
             self.src.metrics.uploads_rejected.labels(reason=REJECT_REASONS.get(exc.status, str(exc.status))).inc()
             raise
+        finally:
+            self.active -= 1
 
     async def _accept(self, request: web.Request) -> web.Response:
         src = self.src
@@ -119,7 +131,17 @@ class Uploads:
                                     f"(got content type {request.content_type or 'none'!r})")
         if request.content_length is not None and request.content_length > cap + FIELD_LIMIT * 8:
             raise too_large
-        photo, filename, fields = await read_form(request, cap, too_large)
+        limit_s = src.cfg.http.body_timeout_seconds
+        try:
+            # One deadline for the whole body: a client trickling a byte a second must not hold a
+            # connection, its buffer and an upload slot for ever.
+            async with asyncio.timeout(limit_s):
+                photo, filename, fields = await read_form(request, cap, too_large)
+        except TimeoutError:
+            log.info("http: an upload from %s did not arrive within %g s; dropped", request.remote, limit_s)
+            raise RequestError(408, f"the upload did not arrive within {limit_s:g} seconds "
+                                    "(http.body_timeout_seconds); check the connection and send it again",
+                               close=True) from None
         if photo is None:
             raise RequestError(400, "the request has no 'photo' field; send the image as a file in the "
                                     "multipart field 'photo'", field="photo")
