@@ -23,7 +23,8 @@ WAN_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
-AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "fp8"]
+# "fp8" is cuDNN fp8 attention and "fa3-fp8" FlashAttention-3 fp8: both opt-in, outside the accuracy guard.
+AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "fa3", "fa3-fp8", "fp8"]
 
 
 class _Section(BaseModel):
@@ -82,6 +83,12 @@ class ModelConfig(_Section):
     attention_high: AttentionBackend = "auto"
     attention_low: AttentionBackend = "auto"
     compile: bool = False
+    # fp8 linear layers: "rowwise" scales each activation row per call (most accurate); "static" uses
+    # one per-tensor input scale calibrated on the layer's first call (ComfyUI --fast style, cheapest);
+    # "delayed" takes the scale from the amax of earlier calls and keeps updating it.
+    fp8_scaling: Literal["rowwise", "static", "delayed"] = "rowwise"
+    # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
+    compile_cache: Path | None = None
     # Load at daemon start, or lazily when the first job arrives.
     load: Literal["start", "first-job"] = "start"
     seed_weights: int = 0  # the tiny model's weight seed

@@ -8,12 +8,16 @@ Variants (each kept only if it runs here):
   stock           diffusers as shipped: default processor, SDPA (PyTorch picks the kernel)
   cudnn           SDPA forced to cuDNN
   flash           SDPA forced to flash
-  sage            SageAttention (1.x from the registry) as the self-attention core
-  fp8attn         cuDNN FP8 attention as the self-attention core (Hopper)
-  compile         regional torch.compile of the 40 blocks (stock attention)
-  fp8lin          fp8 linear layers (torch._scaled_mm, row-wise scales)
-  fp8lin+fp8attn  both
-  fp8lin+fp8attn+compile, fp8lin+compile
+  sage            SageAttention (2.x when installed) as the self-attention core
+  fa3, fa3fp8     FlashAttention-3 bf16 / fp8 (per-head scales) as the core (Hopper)
+  fp8attn         cuDNN FP8 attention as the core (Hopper)
+  auto            whatever `attention = "auto"` picks here (self-check at load)
+  compile         regional torch.compile of the 40 blocks
+  fp8lin          fp8 linear layers, row-wise dynamic scales (torch._scaled_mm)
+  fp8static       fp8 linear layers, per-tensor scales, input scale calibrated once (first call)
+  fp8delayed      fp8 linear layers, per-tensor scales from the amax of earlier calls
+Variants combine with "+", e.g. fp8static+sage+compile. The static/delayed calibration call uses
+other latents and another timestep than the timed inputs, so their error is not flattered.
 Run: python -m wan22bot.bench.levers --frames 25,81 --json out.json
 """
 
@@ -44,11 +48,11 @@ def flops(frames: int) -> dict[str, float]:
     return {"tokens": n, "linear_pflop": linear / 1e15, "attention_pflop": attn / 1e15}
 
 
-def make_inputs(frames: int, device, seed: int = 0):
+def make_inputs(frames: int, device, seed: int = 0, timestep: float = 937.5):
     g = torch.Generator(device=device).manual_seed(seed)
     lat = torch.randn(1, 36, (frames - 1) // 4 + 1, H // 8, W // 8, generator=g, device=device).to(torch.bfloat16)
     ctx = (torch.randn(1, 512, 4096, generator=g, device=device) * 0.1).to(torch.bfloat16)
-    t = torch.tensor([937.5], device=device)
+    t = torch.tensor([timestep], device=device)
     return lat, ctx, t
 
 
@@ -102,9 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--repeat-large", type=int, default=2, help="timed runs for frame counts >= 49")
-    ap.add_argument("--variants", default="stock,cudnn,flash,sage,fp8attn,compile,fp8lin,fp8lin+fp8attn,"
-                                          "fp8lin+compile,fp8lin+fp8attn+compile")
-    ap.add_argument("--large-variants", default="stock,fp8attn,compile,fp8lin+fp8attn,fp8lin+fp8attn+compile",
+    ap.add_argument("--variants", default="stock,auto,compile,auto+compile,fp8lin+compile,fp8lin+auto+compile,"
+                                          "fp8static+auto+compile,fp8delayed+auto+compile,fp8static+fa3+compile,"
+                                          "fp8lin+fa3fp8+compile,fp8lin+fp8attn+compile")
+    ap.add_argument("--large-variants", default="stock,fp8lin+auto+compile,fp8static+auto+compile,"
+                                                "fp8delayed+auto+compile,fp8static+fa3+compile",
                     help="variants also timed at frame counts >= 49 (the rest only at the smaller counts)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
 
     torch._dynamo.config.cache_size_limit = 64
     from ..engine.custom_attention import install_core
-    from ..engine.fp8_linear import convert_to_fp8
+    from ..engine.fp8_linear import convert_to_fp8, restore_linears
     from ..engine.random_weights import random_expert
 
     dev = torch.device("cuda")
@@ -148,32 +154,58 @@ def main(argv=None) -> int:
     refs: dict[int, torch.Tensor] = {}
     inputs = {f: make_inputs(f, dev) for f in frames_list}
 
-    from ..engine.custom_attention import opaque_core
+    from ..engine.attention import choose_auto, core_for
 
-    def attention_core(name):
-        if name == "sage":
-            from sageattention import sageattn  # type: ignore
+    auto_choice = None
+    bf16_state = None
+    fp8_kind = None  # which fp8 conversion the model currently holds
+    FP8 = {"fp8lin": "rowwise", "fp8static": "static", "fp8delayed": "delayed"}
+    CORES = {"sage": "sage", "fa3": "fa3", "fa3fp8": "fa3-fp8", "fp8attn": "fp8"}
 
-            return opaque_core("sage_sdpa", lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
-        if name == "fp8attn":
-            from ..engine.fp8_attention import fp8_sdpa
+    def to_fp8(kind: str | None) -> None:
+        """Bring the model to bf16 (kind None) or to one fp8 scaling, from a saved bf16 copy."""
+        nonlocal bf16_state, fp8_kind
+        if kind == fp8_kind:
+            return
+        if bf16_state is None:
+            bf16_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if fp8_kind is not None:
+            restore_linears(model)
+            model.load_state_dict(bf16_state, strict=True)
+        if kind is not None:
+            convert_to_fp8(model, scaling=kind)
+        fp8_kind = kind
+        gc.collect()
+        torch.cuda.empty_cache()
 
-            return opaque_core("fp8_sdpa", fp8_sdpa)
-        raise ValueError(name)
-
-    def configure(variant: str) -> None:
+    def configure(variant: str, frames: int) -> None:
+        nonlocal auto_choice
         set_stock(model)
         uncompile(model)
         parts = variant.split("+")
+        to_fp8(next((FP8[p] for p in parts if p in FP8), None))
         if "cudnn" in parts:
             model.set_attention_backend("_native_cudnn")
         if "flash" in parts:
             model.set_attention_backend("_native_flash")
-        for core in ("sage", "fp8attn"):
-            if core in parts:
-                install_core(model, attention_core(core))
+        for p in parts:
+            if p in CORES:
+                install_core(model, core_for(CORES[p]))
+        if "auto" in parts:
+            auto_choice = auto_choice or choose_auto(dev)
+            results["auto_choice"] = {"backend": auto_choice.backend, "self_check_error": auto_choice.self_check_error,
+                                      "skipped": list(auto_choice.skipped)}
+            print(f"auto picked {auto_choice.describe()}; skipped: {list(auto_choice.skipped)}", flush=True)
+            if auto_choice.backend != "sdpa":
+                install_core(model, core_for(auto_choice.backend))
         if "compile" in parts:
             model.compile_repeated_blocks(fullgraph=True)
+        if fp8_kind in ("static", "delayed"):
+            for m in model.modules():
+                if hasattr(m, "reset_calibration"):
+                    m.reset_calibration()
+            forward(model, make_inputs(frames, dev, seed=99, timestep=1000.0))  # calibrates every layer
+            torch.cuda.synchronize()
 
     def run(variant: str) -> None:
         for f in frames_list:
@@ -181,7 +213,7 @@ def main(argv=None) -> int:
                 continue
             rep = args.repeat_large if f >= 49 else args.repeat
             try:
-                configure(variant)
+                configure(variant, f)
                 times, first, out = time_forward(model, inputs[f], args.warmup, rep)
                 if variant == "stock":
                     refs[f] = out.detach().clone()
@@ -207,17 +239,10 @@ def main(argv=None) -> int:
                 torch.cuda.reset_peak_memory_stats()
             save()
 
-    bf16_variants = [v for v in wanted if "fp8lin" not in v]
-    fp8_variants = [v for v in wanted if "fp8lin" in v]
-    for v in bf16_variants:
+    # bf16 variants first, then each fp8 scaling in turn (each conversion starts from the bf16 copy)
+    order = sorted(wanted, key=lambda v: next((i + 1 for i, k in enumerate(FP8) if k in v.split("+")), 0))
+    for v in order:
         run(v)
-    if fp8_variants:
-        set_stock(model)
-        uncompile(model)
-        n = convert_to_fp8(model)
-        print(f"converted {n} linear layers to fp8; {torch.cuda.memory_allocated() / 2**30:.1f} GiB", flush=True)
-        for v in fp8_variants:
-            run(v)
     save()
     print("\nvariant                      frames  median_s  x_vs_stock  rel_err")
     for r in results["rows"]:

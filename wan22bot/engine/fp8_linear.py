@@ -33,46 +33,152 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+SCALINGS = ("rowwise", "static", "delayed")
+# Rows quantised at a time outside torch.compile: the fp32 temporaries of one chunk stay small
+# (a whole 81-frame FFN activation in fp32 is 4.6 GB, which a 32 GB card cannot spare).
+EAGER_CHUNK_ROWS = 16384
+AMAX_HISTORY = 16
+
+
+def quantize_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor e4m3 quantisation: (w_fp8, 0-dim fp32 scale) with w ~ w_fp8 * scale."""
+    scale = (w.detach().abs().amax().float().clamp(min=1e-12) / E4M3_MAX)
+    q = (w.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
 class FP8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, use_scaled_mm: bool | None = None):
+    """A Linear whose weight is stored in e4m3.
+
+    scaling:
+    - "rowwise": weight per output row, activation per token, computed on every call (default;
+      the most accurate);
+    - "static": weight per tensor, activation per tensor with the scale calibrated once, on the
+      layer's first call, then frozen (what ComfyUI's --fast does with a fixed input scale); the
+      cheapest: quantising is one fused multiply-and-cast, no reduction over the activation;
+    - "delayed": like static, but the scale follows the largest activation of the last
+      AMAX_HISTORY calls (the reduction no longer gates the cast, so it fuses into it).
+    Values beyond a frozen scale are clamped to e4m3's range.
+    """
+
+    def __init__(self, linear: nn.Linear, use_scaled_mm: bool | None = None, scaling: str = "rowwise"):
         super().__init__()
+        if scaling not in SCALINGS:
+            raise ValueError(f"fp8 scaling must be one of {SCALINGS}, not {scaling!r}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_rows(linear.weight.data)
+        self.scaling = scaling
+        if scaling == "rowwise":
+            q, scale = quantize_rows(linear.weight.data)
+            scale = scale.t().contiguous()  # (1, N) as _scaled_mm wants
+        else:
+            q, scale = quantize_tensor(linear.weight.data)
         self.register_buffer("weight_fp8", q)
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, N) as _scaled_mm wants
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("amax_history", torch.zeros(AMAX_HISTORY, device=q.device))
+        self.calibrated = False  # a Python flag: torch.compile specialises on it (one recompile)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.data.clone(), requires_grad=False)
         dev = linear.weight.device
         self.use_scaled_mm = fp8_matmul_supported(dev) if use_scaled_mm is None else use_scaled_mm
         self.compute_dtype = linear.weight.dtype
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.weight_fp8.float() * self.weight_scale.t()).to(dtype)
+        scale = self.weight_scale.t() if self.scaling == "rowwise" else self.weight_scale
+        return (self.weight_fp8.float() * scale).to(dtype)
+
+    def reset_calibration(self) -> None:
+        self.amax_history.zero_()
+        self.calibrated = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_scaled_mm:
             return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.scaling == "rowwise":
+            out = self._rowwise(x2, bias)
+        else:
+            out = self._per_tensor(x2, bias)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def _rowwise_rows(self, x2: torch.Tensor, bias) -> torch.Tensor:
         amax = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
         sa = amax / E4M3_MAX
         xq = (x2.float() / sa).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
-                               bias=None if self.bias is None else self.bias.to(x.dtype), out_dtype=x.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
+        return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
+                                bias=bias, out_dtype=x2.dtype)
+
+    def _rowwise(self, x2: torch.Tensor, bias) -> torch.Tensor:
+        rows = x2.shape[0]
+        if torch.compiler.is_compiling() or rows <= EAGER_CHUNK_ROWS:
+            return self._rowwise_rows(x2, bias)
+        # Row-wise scales make rows independent, so chunking gives the same numbers.
+        out = torch.empty(rows, self.out_features, dtype=x2.dtype, device=x2.device)
+        for i in range(0, rows, EAGER_CHUNK_ROWS):
+            out[i:i + EAGER_CHUNK_ROWS] = self._rowwise_rows(x2[i:i + EAGER_CHUNK_ROWS], bias)
+        return out
+
+    def _per_tensor(self, x2: torch.Tensor, bias) -> torch.Tensor:
+        if not self.calibrated:
+            amax = x2.abs().amax().float().clamp(min=1e-12)
+            self.amax_history.copy_(amax.expand_as(self.amax_history))
+            self.calibrated = True
+        elif self.scaling == "delayed":
+            scale_from = self.amax_history.amax()
+            self.amax_history.copy_(torch.roll(self.amax_history, 1))
+            self.amax_history[0] = x2.abs().amax().float()
+            return self._per_tensor_mm(x2, scale_from / E4M3_MAX, bias)
+        return self._per_tensor_mm(x2, self.amax_history[0] / E4M3_MAX, bias)
+
+    def _per_tensor_mm(self, x2: torch.Tensor, sa: torch.Tensor, bias) -> torch.Tensor:
+        rows = x2.shape[0]
+        step = rows if torch.compiler.is_compiling() else EAGER_CHUNK_ROWS
+        out = None
+        for i in range(0, rows, step):
+            xq = (x2[i:i + step].float() * (1.0 / sa)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+            part = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
+                                    bias=bias, out_dtype=x2.dtype)
+            if step >= rows:
+                return part
+            if out is None:
+                out = torch.empty(rows, self.out_features, dtype=x2.dtype, device=x2.device)
+            out[i:i + step] = part
+        return out
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}"
+        return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}, scaling={self.scaling}"
 
 
-def convert_to_fp8(model: nn.Module, use_scaled_mm: bool | None = None) -> int:
+def convert_to_fp8(model: nn.Module, use_scaled_mm: bool | None = None, scaling: str = "rowwise") -> int:
     """Replace every nn.Linear inside `model.blocks` with an FP8Linear (frees the bf16 weights)."""
     n = 0
     for block in model.blocks:
         for name, mod in list(block.named_modules()):
             for child_name, child in list(mod.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(mod, child_name, FP8Linear(child, use_scaled_mm))
+                    setattr(mod, child_name, FP8Linear(child, use_scaled_mm, scaling))
                     n += 1
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return n
+
+
+def restore_linears(model: nn.Module) -> int:
+    """Put plain nn.Linear layers (dequantised weights) back where convert_to_fp8 put FP8Linear.
+
+    For the benchmark, which then loads the exact bf16 weights it kept; the dequantised values are
+    only placeholders of the right shape and dtype.
+    """
+    n = 0
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, FP8Linear):
+                lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                device=child.weight_fp8.device, dtype=child.compute_dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(child.dequantized_weight(child.compute_dtype))
+                    if child.bias is not None:
+                        lin.bias.copy_(child.bias)
+                setattr(mod, child_name, lin)
+                n += 1
     return n

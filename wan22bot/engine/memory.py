@@ -92,3 +92,21 @@ class PinnedSwap:
         self.on_device = False
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def oom_advice(stage: str | None, memory_mode: str, weights: str, width: int, height: int, frames: int) -> str:
+    """One sentence for an out-of-memory error: where it overflowed and what would help with the
+    settings in force (never advice that is already taken)."""
+    where = f"during {stage}" if stage else "during the render"
+    steps = []
+    if weights != "fp8":
+        steps.append('set model.weights = "fp8" (halves each expert)')
+    if memory_mode == "resident":
+        steps.append('set model.memory = "swap" (one expert on the GPU at a time)')
+    elif memory_mode == "swap" and stage in ("pass1", "pass2", "swap"):
+        steps.append('set model.memory = "offload" (streams the expert block by block; slower)')
+    if frames > 25:
+        steps.append(f"use fewer frames than {frames}")
+    steps.append(f"use a smaller size than {width}x{height}")
+    return (f"the GPU ran out of memory {where} at {width}x{height}, {frames} frames "
+            f"(memory mode {memory_mode}, weights {weights}); " + ", or ".join(steps))

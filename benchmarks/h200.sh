@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The GPU benchmark runs behind docs/PERFORMANCE.md, one step per call of a lent H100/H200 machine.
+#
+#   benchmarks/h200.sh sage      build SageAttention 2 (sm90 kernels) from a source tree in .sage/
+#   benchmarks/h200.sh levers25  per-forward levers at 25 frames (all variants)
+#   benchmarks/h200.sh levers81  per-forward levers at 81 frames (the variants that matter there)
+#   benchmarks/h200.sh e2e       photo -> MP4 on the default path, with the stock baseline
+#   benchmarks/h200.sh swap32    the 32 GB card under a 32 GiB cap, and the compile cache cold/warm
+#
+# Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
+# are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/wan22bot-bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SITE=/tmp/site
+mkdir -p "$SITE"
+for d in .whl .whl-fa3 .whl-av; do
+    if compgen -G "$d/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$d"/*.whl
+    fi
+done
+if [ -f .sage-built.tar.gz ] && [ ! -d "$SITE/sageattention" ]; then
+    tar -xzf .sage-built.tar.gz -C "$SITE"
+fi
+# SNAP: a clean export of the package to run instead of the working tree (optional)
+if [ -n "${SNAP:-}" ]; then cp -r .sage "$SNAP/" 2>/dev/null; cd "$SNAP"; fi
+export PYTHONPATH="$SITE:$PWD"
+
+step_sage() {
+    if [ -d "$SITE/sageattention" ]; then echo "sageattention already in $SITE"; return; fi
+    local t0=$SECONDS
+    (cd .sage && SAGE_SM90_ONLY=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 EXT_PARALLEL=2 \
+        python3 setup.py build_ext --inplace >"$OUT/sage-build.log" 2>&1) || { tail -30 "$OUT/sage-build.log"; return 1; }
+    echo "SageAttention built in $((SECONDS - t0)) s"
+    cp -r .sage/sageattention "$SITE/"
+    tar -czf "$OUT/sage-built.tar.gz" -C "$SITE" sageattention
+    python3 -c "import sageattention, torch; print('sageattention', sageattention.__file__)"
+}
+
+step_levers25() {
+    python3 -m wan22bot.bench.levers --frames 25 --warmup 1 --repeat 3 --json "$OUT/levers25.json"
+}
+
+step_levers81() {
+    python3 -m wan22bot.bench.levers --frames 81 --warmup 1 --repeat-large 2 \
+        --variants "${LEVERS81:-stock,fp8lin+auto+compile,fp8static+auto+compile,fp8delayed+auto+compile,fp8static+fa3+compile}" \
+        --large-variants "${LEVERS81:-stock,fp8lin+auto+compile,fp8static+auto+compile,fp8delayed+auto+compile,fp8static+fa3+compile}" \
+        --json "$OUT/levers81.json"
+}
+
+random_rife() {
+    mkdir -p /tmp/rife-random
+    python3 -c "import torch; from wan22bot.interpolate import IFNet; torch.save(IFNet().state_dict(), '/tmp/rife-random/flownet.pkl')"
+}
+
+step_e2e() {
+    random_rife
+    python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline --interpolate \
+        --frames "${E2E_FRAMES:-25,81}" --repeat 1 --json "$OUT/e2e-default.json"
+}
+
+step_swap32() {
+    random_rife
+    python3 -m wan22bot bench -c benchmarks/swap32.toml --random-weights --frames 81 --repeat 1 --interpolate \
+        --memory-cap-gib 32 --json "$OUT/e2e-swap32.json"
+}
+
+step_coldstart() {
+    local cache
+    cache=$(mktemp -d)
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --json "$OUT/coldstart-1.json"
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --json "$OUT/coldstart-2.json"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/card.txt"
+for s in "$@"; do
+    echo "=== $s ($(date -u +%H:%M:%S))"
+    "step_$s" 2>&1 | tee "$OUT/$s.log"
+done

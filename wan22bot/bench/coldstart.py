@@ -1,0 +1,69 @@
+"""The first compiled call, cold and with a warm compile cache (one process per measurement).
+
+Builds one full-size A14B expert with random weights (timing only), applies the default GPU path
+(fp8 linear layers, `auto` attention, regional torch.compile) and times the first forward (which
+compiles) and the second. Run it twice with the same `--cache`: the first run fills the cache,
+the second shows what a daemon restart pays.
+Run: python -m wan22bot.bench.coldstart --cache DIR --frames 25 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", required=True, type=Path, help="compile cache folder (kept between runs)")
+    ap.add_argument("--frames", type=int, default=25)
+    ap.add_argument("--fp8-scaling", default="rowwise")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from ..engine.compile_cache import use_compile_cache
+
+    cache = use_compile_cache(args.cache)
+    before = sum(1 for p in cache.rglob("*") if p.is_file())
+
+    import torch
+
+    from ..engine.attention import apply_attention_backend
+    from ..engine.fp8_linear import convert_to_fp8
+    from ..engine.random_weights import random_expert
+    from .levers import forward, make_inputs
+
+    dev = torch.device("cuda")
+    torch._dynamo.config.cache_size_limit = 64
+    model = random_expert(dev, torch.bfloat16, seed=1)
+    convert_to_fp8(model, scaling=args.fp8_scaling)
+    choice = apply_attention_backend(model, "auto", dev)
+    model.compile_repeated_blocks(fullgraph=True)
+    inputs = make_inputs(args.frames, dev)
+    if args.fp8_scaling != "rowwise":
+        forward(model, make_inputs(args.frames, dev, seed=99, timestep=1000.0))
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    forward(model, inputs)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    forward(model, inputs)
+    torch.cuda.synchronize()
+    second = time.perf_counter() - t0
+    result = {"card": torch.cuda.get_device_name(dev), "frames": args.frames, "attention": choice.describe(),
+              "fp8_scaling": args.fp8_scaling, "cache_files_before": before,
+              "cache_files_after": sum(1 for p in cache.rglob("*") if p.is_file()),
+              "first_call_s": first, "second_call_s": second,
+              "note": "random weights, timing only; the calibration call (static/delayed) is not counted"}
+    print(json.dumps(result), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
