@@ -80,7 +80,7 @@ def partial_of(hub: FakeHub, dest: Path, i: int) -> Path:
     """Where fetch-models keeps file i while it is incomplete: named after the sha256 it must end with."""
     seed = SEED[i]
     subfolder = seed.relpath.rsplit("/", 1)[0]
-    return dest / STAGING / subfolder / f"{seed.name}.{served(hub, i).sha256[:16]}.incomplete"
+    return dest / subfolder / STAGING / f"{seed.name}.{served(hub, i).sha256[:16]}.incomplete"
 
 
 def child_env(endpoint: str, tmp_path: Path) -> dict[str, str]:

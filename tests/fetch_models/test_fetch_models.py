@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SEED, SIZES, STAGING, content_for, fetch, partial_of, served, spawn
+from .conftest import SEED, SIZES, content_for, fetch, partial_of, served, spawn
 
 # The layout ComfyUI's loaders (and `[model] comfyui`) look for, written out rather than derived
 # from the catalog so a wrong catalog entry fails here.
@@ -263,8 +263,8 @@ async def test_a_second_run_into_the_same_folder_is_refused_while_one_is_running
     import fcntl
 
     dest = tmp_path / "m"
-    (dest / STAGING).mkdir(parents=True)
-    with open(dest / STAGING / "lock", "a+") as held:
+    dest.mkdir()
+    with open(dest / ".wan22bot-fetch.lock", "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 2
@@ -315,3 +315,38 @@ async def test_ctrl_c_keeps_the_partial_and_says_how_to_continue(hub, tmp_path):
     assert err.decode().strip().splitlines()[-1] == (
         "wan22bot: interrupted; what was downloaded is kept: run fetch-models again to continue")
     assert partial.stat().st_size == cut and not (dest / LAYOUT[0]).exists() and out == b""
+
+
+@pytest.fixture
+def other_disk(tmp_path):
+    """A folder on another file system than tmp_path (tmpfs), as a ComfyUI subfolder linked to a second disk."""
+    import tempfile
+
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    folder = Path(tempfile.mkdtemp(prefix="wan22bot-fetch-", dir="/dev/shm"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_subfolder_linked_to_another_disk_is_filled_in_place(hub, tmp_path, other_disk):
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / "loras").symlink_to(other_disk, target_is_directory=True)
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 0, run.stderr
+    assert sorted(p.name for p in other_disk.iterdir()) == sorted(s.name for s in SEED[4:])
+    assert (other_disk / SEED[4].name).read_bytes() == content_for(4)
+    assert (dest / LAYOUT[0]).read_bytes() == content_for(0)
+
+
+async def test_free_disk_is_checked_on_each_file_system(hub, tmp_path, other_disk):
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / "loras").symlink_to(other_disk, target_is_directory=True)
+    served(hub, 5).listed_size = shutil.disk_usage(other_disk).free + 1  # fits tmp_path, not the other disk
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 7
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"wan22bot: error: not enough free disk in {dest / 'loras'}: the download needs ")
+    assert hub.requests_to("/cdn/") == [] and list(other_disk.iterdir()) == []

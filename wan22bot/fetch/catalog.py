@@ -59,8 +59,8 @@ def help_epilog() -> str:
     )
     return (
         f"files, under DIR (about {approx_total_gb():.0f} GB in all), and the repository each comes from:\n{rows}\n\n"
-        "Partial downloads wait in DIR/.wan22bot-fetch/ until complete and checked; then they are renamed\n"
-        "into place. Status lines go to stderr; the [model] lines for config.toml go to stdout.\n\n"
+        "Partial downloads wait in a .wan22bot-fetch/ folder beside each file until complete and checked;\n"
+        "then they are renamed into place. Status lines go to stderr; the [model] lines go to stdout.\n\n"
         "examples:\n"
         "  wan22bot fetch-models --dest /srv/models      then set [model] comfyui = \"/srv/models\"\n"
         "  HF_ENDPOINT=https://mirror.example wan22bot fetch-models   through a Hub mirror\n\n"

@@ -1,9 +1,10 @@
 """Fetch the seed's six files into a ComfyUI-style models/ folder: disk check, resume, sha256, atomic rename.
 
-Partial downloads live in `<dest>/.wan22bot-fetch/<subfolder>/<name>.<sha256 prefix>.incomplete`:
-on the same file system as the final file (so the last step is a rename), named after the
-content they are becoming (so a file changed upstream never resumes onto stale bytes), and kept
-after any failure except a checksum mismatch, so the next run continues where this one stopped.
+Partial downloads live in `<dest>/<subfolder>/.wan22bot-fetch/<name>.<sha256 prefix>.incomplete`:
+beside the final file, so on its file system even when a subfolder is a link to another disk (the
+last step is a rename); named after the content they are becoming (so a file changed upstream never
+resumes onto stale bytes); kept after any failure except a checksum mismatch, so the next run
+continues where this one stopped. ComfyUI lists only model extensions, so it never offers them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..errors import ConfigError, DiskFull
 from .catalog import SEED_FILES, SeedFile
 from .hub import HubError, RangeRefused, RemoteFile, TransportError, fetch_metadata, http, open_file, unreachable
 
-STAGING = ".wan22bot-fetch"
+STAGING = ".wan22bot-fetch"  # inside each subfolder
+LOCK = ".wan22bot-fetch.lock"  # in the destination
 HASH_BLOCK = 8 * 1024 * 1024
 # A dropped connection mid-file is retried from the byte it stopped at; after this many failures
 # in a row without progress the run stops (the partial stays for the next run).
@@ -53,7 +55,7 @@ def human(n: int) -> str:
 
 def partial_path(dest: Path, remote: RemoteFile) -> Path:
     seed = remote.seed
-    return dest / STAGING / seed.subfolder / f"{seed.name}.{remote.sha256[:16]}.incomplete"
+    return dest / seed.subfolder / STAGING / f"{seed.name}.{remote.sha256[:16]}.incomplete"
 
 
 def fsync_dir(path: Path) -> None:
@@ -65,12 +67,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def _prepare_dest(dest: Path) -> IO[str]:
-    """Create the destination and the staging folder, prove they are writable, and take the lock."""
+    """Create the destination, prove it is writable (the lock file is the proof), and take the lock."""
     if dest.exists() and not dest.is_dir():
         raise ConfigError(f"--dest {dest} is a file, not a folder; give a folder (it is created if missing)")
     try:
-        (dest / STAGING).mkdir(parents=True, exist_ok=True)
-        lock = open(dest / STAGING / "lock", "a+", encoding="utf-8")
+        dest.mkdir(parents=True, exist_ok=True)
+        lock = open(dest / LOCK, "a+", encoding="utf-8")
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(
@@ -191,30 +193,15 @@ def fetch_seed_files(
 
     dest = Path(os.path.abspath(dest.expanduser()))
     lock = _prepare_dest(dest)
+    # subfolders this run creates are removed again if it ends with nothing in them
+    absent = {f.subfolder for f in files if not (dest / f.subfolder).exists()}
     try:
         remotes = fetch_metadata(files)
         result = FetchResult(dest=dest)
 
-        # Free disk first, before a single byte is fetched: what is not already complete or partial.
-        needed = 0
-        reclaimed = 0
-        for r in remotes:
-            final = dest / r.seed.relpath
-            if final.is_file() and final.stat().st_size == r.size:
-                continue  # complete unless its sha256 says otherwise (checked below)
-            if final.is_file():
-                reclaimed += final.stat().st_size  # wrong size: it will be replaced
-            partial = partial_path(dest, r)
-            have = partial.stat().st_size if partial.is_file() else 0
-            needed += r.size - min(have, r.size)
-        free = shutil.disk_usage(dest).free + reclaimed
-        if needed > free:
-            raise DiskFull(
-                f"not enough free disk in {dest}: the download needs {gb(needed)} and {gb(free)} is free; "
-                "free some space or choose another --dest"
-            )
+        needed = _check_free_disk(dest, remotes)
         if needed:
-            say(f"{human(needed)} to download into {dest} ({human(free)} free)")
+            say(f"{human(needed)} to download into {dest}")
 
         for r in remotes:
             seed = r.seed
@@ -243,7 +230,6 @@ def fetch_seed_files(
                         f"in {partial}; free at least {gb(r.size - kept)} and run fetch-models again to continue"
                     ) from None
                 raise
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, final)
             fsync_dir(final.parent)
             say(f"{seed.relpath}: done, sha256 {r.sha256[:12]}… matches the repository")
@@ -252,22 +238,54 @@ def fetch_seed_files(
         return result
     finally:
         # while still holding the lock, so no other run is using what is removed
-        _remove_empty_staging(dest)
+        _remove_empty_staging(dest, files, absent)
         lock.close()
 
 
-def _remove_empty_staging(dest: Path) -> None:
-    staging = dest / STAGING
-    for folder in sorted((p for p in staging.rglob("*") if p.is_dir()), reverse=True):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass  # not empty: a partial of something else stays
-    leftovers = [p for p in staging.rglob("*") if p.is_file() and p.name != "lock"]
-    if not leftovers:
-        (staging / "lock").unlink(missing_ok=True)
-        try:
-            staging.rmdir()
-        except OSError:
-            pass
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _check_free_disk(dest: Path, remotes: list[RemoteFile]) -> int:
+    """Before a single byte is fetched: is there room for what is not already complete or partial?
+
+    Counted per file system, since a ComfyUI subfolder may be a link to another disk. Returns the
+    bytes to download; raises DiskFull naming the folder, the GB needed and the GB free.
+    """
+    needed: dict[int, int] = {}
+    reclaimed: dict[int, int] = {}
+    where: dict[int, Path] = {}
+    for r in remotes:
+        folder = _existing(dest / r.seed.subfolder)
+        dev = folder.stat().st_dev
+        where.setdefault(dev, dest if dest.stat().st_dev == dev else folder)
+        final = dest / r.seed.relpath
+        if final.is_file() and final.stat().st_size == r.size:
+            continue  # complete unless its sha256 says otherwise (checked before it is skipped)
+        if final.is_file():
+            reclaimed[dev] = reclaimed.get(dev, 0) + final.stat().st_size  # wrong size: replaced
+        partial = partial_path(dest, r)
+        have = partial.stat().st_size if partial.is_file() else 0
+        needed[dev] = needed.get(dev, 0) + r.size - min(have, r.size)
+    for dev, n in needed.items():
+        free = shutil.disk_usage(where[dev]).free + reclaimed.get(dev, 0)
+        if n > free:
+            raise DiskFull(
+                f"not enough free disk in {where[dev]}: the download needs {gb(n)} and {gb(free)} is free; "
+                "free some space or choose another --dest"
+            )
+    return sum(needed.values())
+
+
+def _remove_empty_staging(dest: Path, files: tuple[SeedFile, ...], created: set[str]) -> None:
+    """Drop the staging folders left empty (partials of unfinished files stay), then the lock file."""
+    for subfolder in sorted({f.subfolder for f in files}):
+        for folder in [dest / subfolder / STAGING] + ([dest / subfolder] if subfolder in created else []):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # missing, or holding a partial or a finished file
+    (dest / LOCK).unlink(missing_ok=True)
 
