@@ -5,7 +5,9 @@
 #   benchmarks/h200.sh levers25  per-forward levers at 25 frames (all variants)
 #   benchmarks/h200.sh levers81  per-forward levers at 81 frames (the variants that matter there)
 #   benchmarks/h200.sh e2e       photo -> MP4 on the default path, with the stock baseline
-#   benchmarks/h200.sh swap32    the 32 GB card under a 32 GiB cap, and the compile cache cold/warm
+#   benchmarks/h200.sh swap32    the 32 GB card under a 32 GiB cap
+#   benchmarks/h200.sh coldstart the first compiled call, cold and with a warm compile cache
+#   benchmarks/h200.sh tail      everything after pass 2 (decode, RIFE, colour, encode), serial vs overlapped
 #
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
@@ -72,6 +74,14 @@ step_coldstart() {
     cache=$(mktemp -d)
     python3 -m wan22bot.bench.coldstart --cache "$cache" --json "$OUT/coldstart-1.json"
     python3 -m wan22bot.bench.coldstart --cache "$cache" --json "$OUT/coldstart-2.json"
+}
+
+step_tail() {
+    random_rife
+    for dt in bf16 fp32; do
+        python3 -m wan22bot.bench.tail --device cuda --frames 81 --vae-dtype "$dt" --psnr --rife \
+            --rife-weights /tmp/rife-random/flownet.pkl --out "/tmp/tail-$dt"
+    done
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
