@@ -53,9 +53,9 @@ def test_originals_from_the_loader_are_used_instead_of_a_host_copy(tmp_path):
     source = {k: v.clone() for k, v in params_of(model).items()}  # what a loader re-reads from its file
     asked: list[str] = []
 
-    def original(name: str):
+    def original(name: str, dtype: torch.dtype):
         asked.append(name)
-        return source.get(name)
+        return source[name].to(dtype) if name in source else None
 
     fresh = _state(model)
     fl = fuse_lora(model, lora, 0.7, original=original)
@@ -72,7 +72,7 @@ def test_a_source_that_disagrees_with_the_loaded_weights_is_not_trusted(tmp_path
     model = tiny(dtype=torch.bfloat16)
     fresh = _state(model)
     wrong = {k: v.float() + 1e-3 for k, v in params_of(model).items()}  # e.g. another file
-    fl = fuse_lora(model, lora, 1.0, original=wrong.get)
+    fl = fuse_lora(model, lora, 1.0, original=lambda name, dtype: wrong[name].to(dtype))
     assert fl.kept_bytes > 0
     fl.set(False)
     assert _same(fresh, _state(model)) == []
@@ -119,7 +119,10 @@ def test_generator_uses_the_loaders_originals_when_the_components_offer_them(tmp
     def factory(cfg, device, dtype):
         comps = load_components(cfg, device, dtype)
         # what a loader does: a way back to each expert's tensors as loaded, by parameter name
-        comps.originals = {k: params_of(getattr(comps, k)).get for k in ("transformer", "transformer_2")}
+        for key in ("transformer", "transformer_2"):
+            src = params_of(getattr(comps, key))
+            comps.originals = getattr(comps, "originals", {})
+            comps.originals[key] = lambda name, dtype, src=src: src[name].to(dtype)
         return comps
 
     path = lightx2v_like(seed=6).write(tmp_path / "l.safetensors")
@@ -165,3 +168,25 @@ def test_preset_switches_in_swap_mode_give_the_videos_of_fresh_loads(tmp_path):
     assert torch.equal(quality, never)
     assert torch.equal(fast_again, fast)
     assert not torch.equal(fast, quality)
+
+
+@pytest.mark.parametrize("layout", ["bf16", "fp8_scaled"])
+def test_originals_re_read_from_a_comfyui_expert_file(tmp_path, layout):
+    """The default source for an expert loaded from a single file: the file itself, read by the loader's
+    own reader. Nothing is kept on the host, and out/in are still bit-exact."""
+    from tests.comfy import writers as W
+    from wan22bot.engine.lora_originals import originals_from_file
+    from wan22bot.engine.single_files import load_expert
+
+    tensors, _ = W.quantise(W.expert_sd(W.tiny_expert(3)), layout, prefix="model.diffusion_model.")
+    path = W.save(tensors, tmp_path / f"expert_{layout}.safetensors")
+    model = load_expert(path, torch.bfloat16).module
+    fresh = _state(model)
+    lora = read_lora(lightx2v_like(seed=9, model=model).write(tmp_path / "l.safetensors"))
+    fl = fuse_lora(model, lora, 1.0, original=originals_from_file(path))
+    fused = _state(model)
+    assert fl.kept_bytes == 0 and len(_same(fresh, fused)) == 60
+    fl.set(False)
+    assert _same(fresh, _state(model)) == []
+    fl.set(True)
+    assert _same(fused, _state(model)) == []

@@ -101,22 +101,26 @@ class LoraBuilder:
 
 def lightx2v_like(blocks=(0, 1), rank: int = 4, alpha: float = 0.5, seed: int = 0, prefix: str = "diffusion_model.",
                   style: str = "kohya", image_branch: bool = False, norms: bool = True,
-                  modulation: bool = True) -> LoraBuilder:
+                  modulation: bool = True, model: torch.nn.Module | None = None) -> LoraBuilder:
     """What LightX2V distill LoRAs carry: low-rank factors on every linear of the blocks, diff_b on
     their biases, diff/diff_b on the norms, diff_m on each block's modulation, and diff_b on the
     text/time embeddings and the head with no factors there (alpha/rank = 1/8 as rank 64 / alpha 8).
-    `image_branch` adds the Wan 2.1 I2V keys (k_img, v_img, norm_k_img, img_emb) the A14B experts lack."""
+    `image_branch` adds the Wan 2.1 I2V keys (k_img, v_img, norm_k_img, img_emb) the A14B experts lack.
+    `model`: take the shapes from this expert instead of the built-in tiny one's."""
     b = LoraBuilder(seed, prefix)
+    shape_of = {n: tuple(p.shape) for n, p in model.named_parameters()} if model is not None else None
+    dim = shape_of["blocks.0.norm2.weight"][0] if shape_of else DIM
     for i in blocks:
         for wan, (mod, shape) in BLOCK_LINEARS.items():
+            shape = shape_of[f"blocks.{i}.{mod}.weight"] if shape_of else shape
             b.lora(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}", shape, rank=rank, alpha=alpha, style=style)
             b.diff(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}.bias", (shape[0],), "diff_b")
         for wan, (mod, has_bias) in (BLOCK_NORMS.items() if norms else ()):
-            b.diff(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}.weight", (DIM,))
+            b.diff(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}.weight", (dim,))
             if has_bias:
-                b.diff(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}.bias", (DIM,), "diff_b")
+                b.diff(f"blocks.{i}.{wan}", f"blocks.{i}.{mod}.bias", (dim,), "diff_b")
         if modulation:
-            b.diff(f"blocks.{i}", f"blocks.{i}.scale_shift_table", (1, 6, DIM), "diff_m")
+            b.diff(f"blocks.{i}", f"blocks.{i}.scale_shift_table", (1, 6, dim), "diff_m")
         if image_branch:
             for wan in ("cross_attn.k_img", "cross_attn.v_img"):
                 b.sd[b._key(f"blocks.{i}.{wan}", "lora_down.weight")] = b._rand(rank, DIM)
@@ -125,6 +129,7 @@ def lightx2v_like(blocks=(0, 1), rank: int = 4, alpha: float = 0.5, seed: int = 
                 b.sd[b._key(f"blocks.{i}.{wan}", "diff_b")] = b._rand(DIM)
             b.sd[b._key(f"blocks.{i}.cross_attn.norm_k_img", "diff")] = b._rand(DIM)
     for wan, (mod, shape) in TOP_LINEARS.items():
+        shape = shape_of[f"{mod}.weight"] if shape_of else shape
         b.diff(wan, f"{mod}.bias", (shape[0],), "diff_b")
     if image_branch:
         b.sd[b._key("img_emb.proj.1", "lora_down.weight")] = b._rand(rank, 1280)

@@ -26,6 +26,7 @@ from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..images import fit_photo
 from .components import DTYPES, Components, load_components
 from .lora import FusedLora, LoraFile, read_lora
+from .lora_originals import expert_originals
 from .model_files import lora_paths
 from .schedule import make_scheduler
 from .timing import StageTimer
@@ -140,10 +141,11 @@ class TwoPassGenerator:
                                     ("transformer_2", lora_low, self.cfg.lora_low_strength)):
             if path is not None:
                 lora_files[key] = (read_lora(path), strength)
-        # The loader may offer each expert's original tensors by name (re-read from its files), so
-        # taking a LoRA out needs no host copy of the weights it patched: `comps.originals` maps
-        # "transformer" / "transformer_2" to `fn(diffusers parameter name) -> tensor as loaded, or None`
-        # (it may be filled while an expert's builder runs; it is read after the build).
+        # Taking a LoRA out recomputes the patched tensors from their originals: by default re-read
+        # from the expert's single file (lora_originals.py), else held as a host copy. Components
+        # may offer their own source instead: `comps.originals` maps "transformer" / "transformer_2"
+        # to `fn(diffusers parameter name, dtype) -> tensor as loaded, or None` (it may be filled
+        # while an expert's builder runs; it is read after the build).
         originals = getattr(comps, "originals", None)
         self.loras = {}
         cuda = self.device.type == "cuda"
@@ -170,6 +172,8 @@ class TwoPassGenerator:
             if key in lora_files:
                 lora, strength = lora_files[key]
                 source = originals.get(key) if originals is not None else None
+                if source is None and self.components_factory is None:
+                    source = expert_originals(self.cfg, key)
                 fl = FusedLora(model, lora, strength, device=self.device, original=source)
                 fl.set(True)
                 self.loras[key] = fl

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 KIND_ORDER = ("lora_up/down", "lora_A/B", "diff", "diff_b", "diff_m")
 
-# A loader-provided source of a tensor's original value, by diffusers parameter name (None: unknown).
-OriginalFn = Callable[[str], "torch.Tensor | None"]
+# A source of a tensor's original value: fn(diffusers parameter name, dtype) -> the tensor exactly as
+# the loader loads it in that dtype (e.g. re-read from the memory-mapped checkpoint), or None.
+OriginalFn = Callable[[str, torch.dtype], "torch.Tensor | None"]
 
 
 @dataclass
@@ -323,11 +324,11 @@ class FusedLora:
             return mod, leaf, None
         return mod, leaf, getattr(mod, leaf)
 
-    def _original(self, name: str, current: torch.Tensor | None) -> torch.Tensor:
+    def _original(self, name: str, current: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         if name in self._kept:
             return self._kept[name]
         if name in self._from_source:
-            t = self._source(name)  # type: ignore[misc]
+            t = self._source(name, dtype)  # type: ignore[misc]
             if t is None:
                 raise ModelError(f"the original value of {name} is no longer available from the model files; "
                                  "restart wan22bot to reload the model")
@@ -337,7 +338,7 @@ class FusedLora:
                              "before quantising the expert")
         # first touch: trust the loader's source only if it gives exactly the loaded bits
         if self._source is not None:
-            t = self._source(name)
+            t = self._source(name, dtype)
             if t is not None and tuple(t.shape) == tuple(current.shape) and \
                     torch.equal(t.to(current.device, current.dtype), current):
                 self._from_source.add(name)
@@ -349,7 +350,7 @@ class FusedLora:
         mod, leaf, cur = self._current(p.target)
         dtype = cur.dtype if cur is not None else mod.compute_dtype
         dev = self.device or (cur.device if cur is not None else mod.weight_fp8.device)
-        base = self._original(p.target, cur).to(dev, dtype)
+        base = self._original(p.target, cur, dtype).to(dev, dtype)
         new = p.fused(base, self.strength) if on else base
         if cur is None:
             _requantise(mod, new)
