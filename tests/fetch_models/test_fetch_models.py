@@ -79,16 +79,33 @@ async def test_a_second_run_skips_files_already_present(hub, tmp_path):
     assert run.stdout == config_block(dest)
 
 
-async def test_a_present_file_with_the_wrong_bytes_is_replaced(hub, tmp_path):
+@pytest.mark.parametrize("case", ["same-size", "truncated"])
+async def test_a_present_file_with_the_wrong_bytes_is_replaced(hub, tmp_path, case):
     dest = tmp_path / "m"
     wrong = bytearray(content_for(3))
-    wrong[100] ^= 0xFF  # same size, different content
+    if case == "same-size":
+        wrong[100] ^= 0xFF
+        expect = "vae/wan_2.1_vae.safetensors: present but its sha256 differs from the repository's"
+    else:
+        del wrong[1000:]
+        expect = f"vae/wan_2.1_vae.safetensors: present but 1000 bytes instead of {SIZES[3]}"
     (dest / "vae").mkdir(parents=True)
     (dest / LAYOUT[3]).write_bytes(bytes(wrong))
     run = await fetch(hub.url, tmp_path, "--dest", str(dest))
     assert run.rc == 0, run.stderr
-    assert "vae/wan_2.1_vae.safetensors: present but its sha256 differs" in run.stderr
+    assert expect in run.stderr
     assert (dest / LAYOUT[3]).read_bytes() == content_for(3)
+
+
+async def test_a_present_wrong_file_stays_when_its_replacement_fails_the_check(hub, tmp_path):
+    dest = tmp_path / "m"
+    (dest / "vae").mkdir(parents=True)
+    (dest / LAYOUT[3]).write_bytes(b"the user's own copy")
+    served(hub, 3).listed_sha256 = "cd" * 32
+    run = await fetch(hub.url, tmp_path, "--dest", str(dest))
+    assert run.rc == 4 and "the bad download was deleted" in run.stderr
+    assert (dest / LAYOUT[3]).read_bytes() == b"the user's own copy"
+    assert files_under(dest / "vae") == ["wan_2.1_vae.safetensors"]
 
 
 async def test_an_interrupted_download_resumes_where_it_stopped(hub, tmp_path):

@@ -206,17 +206,18 @@ def fetch_seed_files(
         for r in remotes:
             seed = r.seed
             final = dest / seed.relpath
+            if final.exists() and not final.is_file():
+                raise ConfigError(f"{final} is not a file (a folder?); move it away and run fetch-models again")
             if final.is_file() and final.stat().st_size == r.size:
                 digest = _hash_file(final, f"checking {seed.name}", out).hexdigest()
                 if digest == r.sha256:
                     say(f"{seed.relpath}: already present, sha256 matches the repository: skipped")
                     result.skipped.append(seed.relpath)
                     continue
+                # it stays until the replacement is complete and checked, then the rename swaps them
                 say(f"{seed.relpath}: present but its sha256 differs from the repository's; downloading it again")
-                final.unlink()
             elif final.exists():
                 say(f"{seed.relpath}: present but {final.stat().st_size} bytes instead of {r.size}; downloading it again")
-                final.unlink()
 
             _drop_stale_partials(dest, r)
             partial = partial_path(dest, r)
@@ -255,7 +256,6 @@ def _check_free_disk(dest: Path, remotes: list[RemoteFile]) -> int:
     bytes to download; raises DiskFull naming the folder, the GB needed and the GB free.
     """
     needed: dict[int, int] = {}
-    reclaimed: dict[int, int] = {}
     where: dict[int, Path] = {}
     for r in remotes:
         folder = _existing(dest / r.seed.subfolder)
@@ -264,13 +264,11 @@ def _check_free_disk(dest: Path, remotes: list[RemoteFile]) -> int:
         final = dest / r.seed.relpath
         if final.is_file() and final.stat().st_size == r.size:
             continue  # complete unless its sha256 says otherwise (checked before it is skipped)
-        if final.is_file():
-            reclaimed[dev] = reclaimed.get(dev, 0) + final.stat().st_size  # wrong size: replaced
         partial = partial_path(dest, r)
         have = partial.stat().st_size if partial.is_file() else 0
         needed[dev] = needed.get(dev, 0) + r.size - min(have, r.size)
     for dev, n in needed.items():
-        free = shutil.disk_usage(where[dev]).free + reclaimed.get(dev, 0)
+        free = shutil.disk_usage(where[dev]).free
         if n > free:
             raise DiskFull(
                 f"not enough free disk in {where[dev]}: the download needs {gb(n)} and {gb(free)} is free; "
