@@ -276,6 +276,13 @@ class JobQueue:
     async def mark_delivered(self, job_id: str) -> None:
         await self._run(self.journal.mark_delivered, job_id)
 
+    async def delivery_failed(self, job_id: str, reason: str, max_attempts: int) -> bool:
+        """One failed delivery try; True when it was the last allowed and the job is now undeliverable."""
+        tries, gave_up = await self._run(self.journal.delivery_failed, job_id, reason, max_attempts)
+        if gave_up:
+            log.error("job %s: result undeliverable after %d attempts (%s); it stays on disk", job_id, tries, reason)
+        return gave_up
+
     async def run_db(self, fn, *args, **kw):
         """Run a journal method on the journal thread (for housekeeping)."""
         return await self._run(fn, *args, **kw)

@@ -44,7 +44,13 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
-COLUMNS = "seq, id, state, spec, created, started, finished, attempts, error, result, delivered, content_hash, progress"
+COLUMNS = ("seq, id, state, spec, created, started, finished, attempts, error, result, delivered, content_hash, progress, "
+           "delivery_error")
+# columns added after the first release: (name, declaration), added in place at open
+ADDED_COLUMNS = (
+    ("delivery_attempts", "INTEGER NOT NULL DEFAULT 0"),  # failed tries to hand the result back
+    ("delivery_error", "TEXT"),  # set when delivery was given up: why
+)
 
 # The next job: round-robin over lanes (the lane served longest ago first), FIFO within a lane.
 CLAIM_SQL = f"""
@@ -56,7 +62,7 @@ LIMIT 1
 
 
 def _row_to_job(r: tuple[Any, ...]) -> Job:
-    seq, jid, state, spec, created, started, finished, attempts, error, result, delivered, chash, progress = r
+    seq, jid, state, spec, created, started, finished, attempts, error, result, delivered, chash, progress, derr = r
     return Job(
         id=jid,
         seq=seq,
@@ -71,6 +77,7 @@ def _row_to_job(r: tuple[Any, ...]) -> Job:
         delivered=bool(delivered),
         content_hash=chash,
         progress=json.loads(progress) if progress else {},
+        delivery_error=derr,
     )
 
 
@@ -84,6 +91,10 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -235,6 +246,24 @@ class Journal:
 
     def mark_delivered(self, job_id: str) -> None:
         self._q("UPDATE jobs SET delivered=1 WHERE id=?", (job_id,))
+
+    def delivery_failed(self, job_id: str, reason: str, max_attempts: int) -> tuple[int, bool]:
+        """Count one failed try to hand a result back. At `max_attempts` the job is settled as
+        undeliverable (no more sweeps pick it up) with the reason kept. Returns (tries, gave up)."""
+
+        def tx(db: sqlite3.Connection) -> tuple[int, bool]:
+            db.execute("UPDATE jobs SET delivery_attempts = delivery_attempts + 1 WHERE id=? AND delivered=0",
+                       (job_id,))
+            row = db.execute("SELECT delivery_attempts, delivered FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row[1]:
+                return (row[0] if row else 0), False
+            if row[0] < max_attempts:
+                return row[0], False
+            db.execute("UPDATE jobs SET delivered=1, delivery_error=? WHERE id=?",
+                       (f"undeliverable after {row[0]} attempts: {reason}", job_id))
+            return row[0], True
+
+        return self._tx(tx)
 
     def cancel_queued(self, job_id: str) -> bool:
         with self._lock:

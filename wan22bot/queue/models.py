@@ -23,6 +23,7 @@ class Job:
     delivered: bool = False
     content_hash: str | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    delivery_error: str | None = None  # why the result could not be handed back (given up)
     # set by a claim: the lane clock before it, so a claim undone by cancellation leaves no trace
     claimed_from: float | None = field(default=None, repr=False, compare=False)
 
@@ -53,6 +54,10 @@ class Job:
             "timings": self.result.timings if self.result else None,
             "output": self.result.output if self.result else None,
             "error": self.error,
+            # handing the result back: "pending" until the source has it, "undeliverable" when given up
+            "delivery": ("undeliverable" if self.delivery_error else "delivered" if self.delivered
+                         else "pending" if self.state.final else None),
+            "delivery_error": self.delivery_error,
         }
 
 

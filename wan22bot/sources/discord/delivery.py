@@ -13,6 +13,8 @@ to fit, the message links ``{http.public_url}/api/jobs/{id}/video`` if set, or s
 
 ``deliver`` returns True when the job is settled (delivered, or undeliverable for good: no such
 channel, no permission) and False when it should be tried again later (Discord 5xx, network).
+Retries are bounded: after ``MAX_DELIVERY_ATTEMPTS`` failed tries (about two hours with the
+source's retry delays) the job is marked undeliverable, with the last reason, in its API record.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_DELIVERY_ATTEMPTS = 12  # 5 s, 15 s, 1 min, 5 min, then every 15 min: about two hours in all
+
 
 class Sent(enum.Enum):
     ok = "ok"  # posted
@@ -53,6 +57,13 @@ class Deliverer:
     def __init__(self, owner: "DiscordSource"):
         self.owner = owner
         self._fit_lock = asyncio.Lock()  # one re-encode at a time: it is CPU- and memory-heavy
+        self.last_failure: dict[str, str] = {}  # job id -> why its last try is to be retried
+
+    async def gave_up(self, job: Job) -> bool:
+        """Count a failed try (deliver returned False or raised); True when that was the last one
+        allowed and the job is now settled as undeliverable."""
+        why = self.last_failure.pop(job.id, "delivery failed (see the log)")
+        return await self.owner.queue.delivery_failed(job.id, why, MAX_DELIVERY_ATTEMPTS)
 
     @property
     def outbox(self):
@@ -176,6 +187,7 @@ class Deliverer:
         except discord.HTTPException as exc:
             if exc.status >= 500 or exc.status == 429:
                 log.warning("job %s: Discord answered %s; the result is sent again later", job.id, exc.status)
+                self.last_failure[job.id] = f"Discord answered {exc.status} {exc.text or ''}".strip()
                 return Sent.retry
             if too_large(exc) and file is not None:
                 log.warning("job %s: Discord says the video is too large for this %s", job.id, route)
@@ -190,4 +202,5 @@ class Deliverer:
         except TRANSIENT as exc:
             log.warning("job %s: sending the result failed (%s); it is sent again later", job.id,
                         type(exc).__name__)
+            self.last_failure[job.id] = f"sending to Discord failed: {type(exc).__name__}"
             return Sent.retry

@@ -355,11 +355,15 @@ class DiscordSource:
                 log.info("job %s: result delivered to Discord", job.id)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("job %s: delivering the result to Discord failed", job.id)
+            self.deliverer.last_failure[job.id] = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             self._delivering.discard(job.id)
         if not ok:
+            if await self.deliverer.gave_up(job):  # bounded: undeliverable after MAX_DELIVERY_ATTEMPTS
+                self._attempts.pop(job.id, None)
+                return
             n = self._attempts.get(job.id, 0)
             self._attempts[job.id] = n + 1
             delay = RETRY_DELAYS[n] if n < len(RETRY_DELAYS) else 900.0
