@@ -8,8 +8,8 @@ tensor's dtype. alpha/rank is applied here and only here; the file's tensors are
 
 Taking a LoRA out (the LoRA-free presets) never subtracts: every patched tensor is recomputed from
 its original value, so fuse / remove / fuse again gives the same bits as a fresh load. The original
-values come from the `original(name)` callable the loader may provide (e.g. re-read from the
-memory-mapped checkpoint), checked bit for bit against the loaded tensor the first time; otherwise
+values come from an `original(name, dtype)` source when there is one (lora_originals.py re-reads
+an expert's single file), checked bit for bit against the loaded tensor the first time; otherwise
 a host (CPU) copy of each patched tensor is kept. For the LightX2V LoRAs, which patch every linear
 layer of the blocks, that host copy is about the size of the expert in its load dtype (~28 GB per
 A14B expert in bf16), held once per expert for the life of the loaded model.
