@@ -86,10 +86,7 @@ def check_model(cfg: ModelConfig, forward: bool = True, dtype: torch.dtype = tor
             readable[part] = Path(p)
         except ModelError as exc:
             rep.errors.append(f"{part}: {exc}")
-    for part in ("lora_high", "lora_low"):
-        p = files.get(part)
-        if p is not None and Path(p).is_file():
-            rep.ok.append(f"{part}: {p} ({files.origin.get(part)})")
+    # each LoRA's own line (key counts) comes from lora_check
     if files.get("lora_high") is None or files.get("lora_low") is None:
         rep.warnings.append("no LoRA for one or both experts: the 'fast' preset expects the LightX2V 4-step LoRAs "
                             "(loras/ in the comfyui folder, or model.lora_high / model.lora_low)")
