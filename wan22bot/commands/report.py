@@ -14,7 +14,9 @@ STAGE_LABELS = {
     "pass2": "Pass 2 (low noise)",
     "vae_decode": "VAE decode",
     "interpolate": "Interpolate (RIFE)",
-    "encode": "MP4 encode",
+    "yuv": "RGB to YUV",
+    "encode": "MP4 encode (overlapped)",
+    "tail": "Decode to MP4 (wall)",
     "total": "Total",
     "model_load": "(Model load, not in total)",
 }
