@@ -97,16 +97,17 @@ def child_env(endpoint: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-async def spawn(endpoint: str, tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
+async def spawn(endpoint: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     """`python -m wan22bot fetch-models ARGS` in its own process, pointed at `endpoint`."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "wan22bot", "fetch-models", *args,
-        cwd=tmp_path, env=child_env(endpoint, tmp_path),
+        cwd=tmp_path, env={**child_env(endpoint, tmp_path), **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def fetch(endpoint: str, tmp_path: Path, *args: str, timeout: float = 90) -> Run:
-    proc = await spawn(endpoint, tmp_path, *args)
+async def fetch(endpoint: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 90) -> Run:
+    proc = await spawn(endpoint, tmp_path, *args, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return Run(proc.returncode, out.decode(), err.decode())

@@ -64,6 +64,16 @@ async def test_downloads_the_six_files_into_the_comfyui_layout_and_prints_the_co
     assert len(hub.requests_to("/cdn/")) == 6
     assert run.stderr.count("matches the repository") == 6
 
+    # the printed config finds every file through wan22bot's own [model] comfyui lookup
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.model_files import resolve_model_files
+
+    found = resolve_model_files(ModelConfig(kind="wan2.2-i2v-a14b", comfyui=dest))
+    assert found.problems == []
+    assert {part: str(p.relative_to(dest)) for part, p in found.files.items()} == {
+        "high_noise": LAYOUT[0], "low_noise": LAYOUT[1], "text_encoder": LAYOUT[2],
+        "vae": LAYOUT[3], "lora_high": LAYOUT[4], "lora_low": LAYOUT[5]}
+
 
 async def test_a_second_run_skips_files_already_present(hub, tmp_path):
     dest = tmp_path / "m"
@@ -191,6 +201,14 @@ async def test_unauthorized_is_a_clear_error(hub, tmp_path):
     assert run.rc == 4
     assert "refused the file list of Comfy-Org/" in run.stderr and "(401 Unauthorized)" in run.stderr
     assert "HF_TOKEN" in run.stderr and "Traceback" not in run.stderr
+
+
+async def test_offline_mode_is_one_line(hub, tmp_path):
+    run = await fetch(hub.url, tmp_path, "--dest", str(tmp_path / "m"), env={"HF_HUB_OFFLINE": "1"})
+    assert run.rc == 4
+    assert run.stderr.strip().splitlines() == [
+        "wan22bot: error: HF_HUB_OFFLINE is set, and fetch-models needs the Hugging Face Hub; unset it and run again"]
+    assert hub.seen == []
 
 
 async def test_hub_unreachable_is_one_line(tmp_path):
