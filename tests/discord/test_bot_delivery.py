@@ -3,12 +3,14 @@ upload limit, a daemon restart between queueing and the result."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import discord
 import pytest
 
 from tests.discord.conftest import WAIT, field_map, mp4_info
+from wan22bot import links
 from wan22bot.jobs import JobState
 
 
@@ -122,7 +124,11 @@ async def test_video_that_cannot_fit(rig, public_url):
     assert followup["files"] == []
     assert "could not be shrunk to fit" in followup["content"]
     if public_url:
-        assert f"https://videos.example.test/wan/api/jobs/{job.id}/video" in followup["content"]
+        # a signed, expiring link (no bearer token in a channel message); tests/http checks it opens the video
+        found = re.search(rf"https://videos\.example\.test/wan/v/{job.id}\?exp=(\d+)&sig=([0-9a-f]{{64}})",
+                          followup["content"])
+        assert found, followup["content"]
+        assert links.refusal(links.link_secret(rig.cfg), job.id, found[1], found[2]) is None
     else:
         assert "no public download link" in followup["content"] and "http" not in followup["content"]
     assert "Pass 2 (low noise)" in field_map(followup["embeds"][0])  # the timings still come

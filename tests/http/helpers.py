@@ -147,15 +147,17 @@ class Server:
         async with self.session.get(self.url(path), **kw) as r:
             return r.status, await r.json()
 
-    async def upload(self, data: bytes | None = None, filename: str = "cat.png", **fields: Any):
+    async def upload(self, data: bytes | None = None, filename: str = "cat.png", *,
+                     headers: dict[str, str] | None = None, **fields: Any):
         form = photo_form(png_bytes() if data is None else data, filename, **fields)
-        async with self.session.post(self.url("/api/jobs"), data=form) as r:
+        async with self.session.post(self.url("/api/jobs"), data=form, headers=headers) as r:
             return r.status, await r.json(), r.headers
 
-    async def wait_state(self, job_id: str, states: tuple[str, ...] = ("done",), timeout: float = 60.0) -> dict:
+    async def wait_state(self, job_id: str, states: tuple[str, ...] = ("done",), timeout: float = 60.0, *,
+                         headers: dict[str, str] | None = None) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            status, body = await self.get_json(f"/api/jobs/{job_id}")
+            status, body = await self.get_json(f"/api/jobs/{job_id}", headers=headers)
             assert status == 200, body
             if body["state"] in states:
                 return body

@@ -9,7 +9,8 @@ Route, in order:
    channels).
 
 A video over the target's upload limit is re-encoded in a thread (fit.py); when it cannot be made
-to fit, the message links ``{http.public_url}/api/jobs/{id}/video`` if set, or says it is too big.
+to fit, the message links the video if ``http.public_url`` is set (a signed link that expires after
+``http.link_days``: ``{public_url}/v/{id}?exp=...&sig=...``, see links.py), or says it is too big.
 
 ``deliver`` returns True when the job is settled (delivered, or undeliverable for good: no such
 channel, no permission) and False when it should be tried again later (Discord 5xx, network).
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from ... import links
 from ...jobs import JobState
 from ...queue import Job
 from . import format as fmt
@@ -172,8 +174,8 @@ class Deliverer:
         return fitted.path, note, fitted.path
 
     def link(self, job: Job) -> str | None:
-        base = self.owner.cfg.http.public_url
-        return f"{base.rstrip('/')}/api/jobs/{job.id}/video" if base else None
+        # Signed and expiring: a Discord message cannot carry the API's bearer token.
+        return links.video_link(self.owner.cfg, job.id)
 
     async def _post(self, job: Job, t: ReplyTarget, route: str, content: str, *, embed: discord.Embed | None = None,
                     file: Path | None = None) -> Sent:

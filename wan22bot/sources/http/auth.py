@@ -17,6 +17,7 @@ from .errors import RequestError
 log = logging.getLogger("wan22bot.sources.http")
 
 PUBLIC_PATHS = {"/healthz", "/"}
+SIGNED_PREFIX = "/v/"
 
 
 def is_loopback(host: str) -> bool:
@@ -52,8 +53,10 @@ def read_token(cfg: Config) -> str | None:
 
 
 def is_public(path: str, web_files: dict[str, str]) -> bool:
-    """/healthz, the page and its assets hold no data and never need the token."""
-    return path in PUBLIC_PATHS or (path.startswith("/web/") and path[5:] in web_files)
+    """/healthz, the page and its assets hold no data and never need the token; signed video links
+    (/v/...) carry their own permission, checked by their handler."""
+    return (path in PUBLIC_PATHS or (path.startswith("/web/") and path[5:] in web_files)
+            or path.startswith(SIGNED_PREFIX))
 
 
 def bearer(request: web.Request) -> str | None:

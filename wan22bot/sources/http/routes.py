@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ... import __version__
+from ... import __version__, links
 from ...jobs import JobState
 from ...metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...metrics import gpu_memory
@@ -210,6 +210,14 @@ class Routes:
             "Content-Disposition": content_disposition(disp, p.name),
             "Cache-Control": "private, max-age=86400",
         })
+
+    async def signed_video(self, request: web.Request) -> web.StreamResponse:
+        """GET /v/{id}?exp=&sig=: the video without the token, for links posted where no token can go."""
+        why = links.refusal(self.src.link_secret, request.match_info["id"], request.query.get("exp"),
+                            request.query.get("sig"))
+        if why is not None:
+            raise RequestError(403, why)
+        return await self.video(request)
 
     async def sidecar(self, request: web.Request) -> web.StreamResponse:
         job = await self._job_or_404(request)

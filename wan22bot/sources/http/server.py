@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ...config import Config
+from ...links import link_secret
 from ...errors import ConfigError
 from ...metrics import Metrics
 from ...queue import Job, JobEvent, JobQueue
@@ -56,6 +57,7 @@ class HttpSource:
         self._token: str | None = None
         self._runner: web.AppRunner | None = None
         self._policy = HostPolicy.build(cfg, cfg.http.port)
+        self.link_secret = b""  # signs /v/ links; set at start
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -69,6 +71,7 @@ class HttpSource:
 
     async def start(self) -> None:
         self._token = read_token(self.cfg)
+        self.link_secret = await asyncio.to_thread(link_secret, self.cfg)
         app = self.build_app()
         runner = web.AppRunner(app, handle_signals=False, access_log_class=_AccessLogger, access_log=access_log,
                                shutdown_timeout=5.0, lingering_time=LINGER_SECONDS)
@@ -117,6 +120,10 @@ class HttpSource:
         self.cfg = cfg
         self._token = token
         self._policy = HostPolicy.build(bound, self.port)
+        try:
+            self.link_secret = link_secret(cfg)  # a new token signs (and revokes) links from now on
+        except (OSError, ValueError) as exc:
+            log.error("http: keeping the old video link key: %s", exc)
 
     # ------------------------------------------------------------------ app
     def build_app(self) -> web.Application:
@@ -134,6 +141,7 @@ class HttpSource:
         r.add_delete("/api/jobs/{id}", routes.cancel_job)
         r.add_get("/api/jobs/{id}/video", routes.video)
         r.add_get("/api/jobs/{id}/sidecar", routes.sidecar)
+        r.add_get("/v/{id}", routes.signed_video)
         r.add_get("/api/events", self.events.handle)
         r.add_get("/", routes.page)
         r.add_get("/web/{name}", routes.asset)
