@@ -178,3 +178,14 @@ def test_check_catches_a_forward_that_is_not_finite(tmp_path, expert_high):
     assert "NaN/inf" in problem and "blocks.0.attn1.to_q.weight" in problem
     good, _ = W.quantise(W.expert_sd(expert_high), "fp8_scaled")
     assert forward_is_finite("high_noise", W.save(good, tmp_path / "good.safetensors"), torch.float32) is None
+
+
+def test_the_four_files_alone_load_with_no_folder(comfy_models):
+    root, reals = comfy_models
+    cfg = real(high_noise=root / HIGH, low_noise=root / LOW, text_encoder=root / TEXT, vae=root / VAE)
+    comps = load_components(cfg, torch.device("cpu"), torch.float32)
+    assert comps.description.endswith("single files")
+    assert set(comps.parts) == {"high_noise", "low_noise", "text_encoder", "vae"}
+    vae_sd = comps.vae.state_dict()
+    torch.testing.assert_close(vae_sd["decoder.conv_in.weight"], reals["vae"]["decoder.conv1.weight"], rtol=0, atol=0)
+    assert isinstance(comps.tokenizer, SentencePieceUMT5Tokenizer)

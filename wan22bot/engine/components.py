@@ -176,6 +176,8 @@ def _load_real(cfg: ModelConfig, dtype: torch.dtype) -> Components:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"loading the model failed: {exc}") from None
+    for part, what in parts.items():
+        log.info("%s: %s", part, what)
     where = (f"ComfyUI folder {cfg.comfyui}" if cfg.comfyui is not None and root is None
              else f"{root}" if root is not None else "single files")
     return Components(
