@@ -3,6 +3,8 @@ prefixes real files use, and the full-size A14B expert's parameter names (meta d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,3 +110,35 @@ def test_prefixes_and_parts(key, param):
 def test_keys_that_are_not_wan_lora_keys(key):
     kn = split_key(key)
     assert kn is None or target_of(kn) is None
+
+
+def test_module_names_agree_with_diffusers_lora_converter_and_alpha_lands_once():
+    """diffusers' own Wan LoRA converter (read for the facts; wan22bot does not call it) names the same
+    modules, and its factors, alpha folded in, multiply to the delta wan22bot computes from the file."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_wan_lora_to_diffusers
+
+    from wan22bot.engine.lora import _patches
+
+    g = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    for m in ["self_attn.q", "self_attn.o", "cross_attn.k", "cross_attn.o", "ffn.0", "ffn.2"]:
+        sd[f"diffusion_model.blocks.0.{m}.lora_down.weight"] = torch.randn(4, 8, generator=g)
+        sd[f"diffusion_model.blocks.0.{m}.lora_up.weight"] = torch.randn(8, 4, generator=g)
+        sd[f"diffusion_model.blocks.0.{m}.alpha"] = torch.tensor(1.0)
+        sd[f"diffusion_model.blocks.0.{m}.diff_b"] = torch.randn(8, generator=g)
+    for m in ["time_projection.1", "head.head", "text_embedding.0", "time_embedding.2"]:
+        sd[f"diffusion_model.{m}.lora_down.weight"] = torch.randn(4, 8, generator=g)
+        sd[f"diffusion_model.{m}.lora_up.weight"] = torch.randn(8, 4, generator=g)
+        sd[f"diffusion_model.{m}.diff_b"] = torch.randn(8, generator=g)
+    converted = _convert_non_diffusers_wan_lora_to_diffusers({k: v.clone() for k, v in sd.items()})
+    theirs = {k.removeprefix("transformer."): v for k, v in converted.items()}
+    ours = {p.target: p for p in _patches(Path("x.safetensors"), sd)}
+    their_weights = {k.replace(".lora_A.weight", ".weight") for k in theirs if k.endswith(".lora_A.weight")}
+    their_biases = {k.replace(".lora_B.bias", ".bias") for k in theirs if k.endswith(".lora_B.bias")}
+    assert {t for t, p in ours.items() if p.kind == "lora_up/down"} == their_weights
+    assert {t for t, p in ours.items() if p.kind == "diff_b"} == their_biases
+    for target in their_weights:
+        mod = target[: -len(".weight")]
+        their_delta = theirs[f"{mod}.lora_B.weight"].double() @ theirs[f"{mod}.lora_A.weight"].double()
+        p = ours[target]
+        torch.testing.assert_close(p.scale * (p.up.double() @ p.down.double()), their_delta, rtol=1e-6, atol=1e-6)
