@@ -7,12 +7,13 @@ import hashlib
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import SEED, SIZES, content_for, fetch, partial_of, served, spawn
+from .conftest import SEED, SIZES, child_env, content_for, fetch, partial_of, served, spawn
 
 # The layout ComfyUI's loaders (and `[model] comfyui`) look for, written out rather than derived
 # from the catalog so a wrong catalog entry fails here.
@@ -385,3 +386,43 @@ async def test_free_disk_is_checked_on_each_file_system(hub, tmp_path, other_dis
     assert run.stderr.strip().splitlines()[-1].startswith(
         f"wan22bot: error: not enough free disk in {dest / 'loras'}: the download needs ")
     assert hub.requests_to("/cdn/") == [] and list(other_disk.iterdir()) == []
+
+
+async def test_a_terminal_gets_a_progress_bar_per_file(hub, tmp_path):
+    import pty
+
+    dest = tmp_path / "m"
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wan22bot", "fetch-models", "--dest", str(dest),
+            cwd=tmp_path, env=child_env(hub.url, tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+        screen = b""
+        while True:  # the child has exited: read what it left on the terminal until it is drained
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    for seed in SEED:
+        assert seed.name[:20] in text
+    assert text.count("100%") >= 6 and "\r" in text
+    assert out.decode() == config_block(dest)

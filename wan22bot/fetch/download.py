@@ -91,7 +91,7 @@ def _prepare_dest(dest: Path) -> IO[str]:
 def _hash_file(path: Path, label: str, out: IO[str]) -> "hashlib._Hash":
     size = path.stat().st_size
     h = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True,
                                      desc=label, file=out, disable=None, leave=False) as bar:
         while block := f.read(HASH_BLOCK):
             h.update(block)
@@ -129,7 +129,7 @@ def _download(remote: RemoteFile, partial: Path, out: IO[str], say: Callable[[st
         h = hashlib.sha256()
 
     failures = 0
-    with tqdm(total=remote.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+    with tqdm(total=remote.size, initial=have, unit="B", unit_scale=True,
               desc=seed.name, file=out, disable=None) as bar:
         while have < remote.size:
             try:
