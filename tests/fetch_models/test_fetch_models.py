@@ -233,7 +233,8 @@ async def test_disk_full_during_download_keeps_the_partial_and_says_how_to_conti
     assert run.rc == 7
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(f"wan22bot: error: disk full while downloading {LAYOUT[0]} into {dest}")
-    assert f"is kept in {partial}" in last and "run fetch-models again to continue" in last
+    assert f"0.0 kB of {SIZES[0] / 1e3:.1f} kB is kept in {partial}; free at least {SIZES[0] / 1e3:.1f} kB" in last
+    assert last.endswith("and run fetch-models again to continue")
     assert partial.is_symlink() and not (dest / LAYOUT[0]).exists()
 
 

@@ -166,7 +166,7 @@ def _download(remote: RemoteFile, partial: Path, out: IO[str], say: Callable[[st
             except TransportError as exc:
                 failures += 1
                 if failures > RETRIES:
-                    raise unreachable(exc, f"downloading {seed.relpath} ({gb(have)} of {gb(remote.size)} kept; "
+                    raise unreachable(exc, f"downloading {seed.relpath} ({human(have)} of {human(remote.size)} kept; "
                                            "the next run continues from there)") from None
                 time.sleep(1.0 * (failures - 1))  # a reset connection often works at once
 
@@ -227,8 +227,8 @@ def fetch_seed_files(
                 if exc.errno in _NO_SPACE:
                     kept = partial.stat().st_size if partial.exists() else 0
                     raise DiskFull(
-                        f"disk full while downloading {seed.relpath} into {dest}: {gb(kept)} of {gb(r.size)} is kept "
-                        f"in {partial}; free at least {gb(r.size - kept)} and run fetch-models again to continue"
+                        f"disk full while downloading {seed.relpath} into {dest}: {human(kept)} of {human(r.size)} is "
+                        f"kept in {partial}; free at least {human(r.size - kept)} and run fetch-models again to continue"
                     ) from None
                 raise
             os.replace(partial, final)
