@@ -28,7 +28,8 @@ def cmd_fetch_models(cfg: Config, args: argparse.Namespace) -> int:
 
     if not args.verbose:
         # one line per request would bury the progress lines
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        for name in ("httpx2", "httpx"):  # huggingface_hub 2.x / 1.x
+            logging.getLogger(name).setLevel(logging.WARNING)
     dest = Path(args.dest) if args.dest else default_dest(cfg)
     try:
         result = fetch_seed_files(dest)
