@@ -161,9 +161,20 @@ async def wait_for(pred, timeout: float = 10, what: str = "condition") -> None:
         await asyncio.sleep(0.02)
 
 
-async def quiet(seconds: float = SETTLE * 3 + 0.3) -> None:
-    """Long enough for any settled photo to have been taken (several settle periods)."""
-    await asyncio.sleep(seconds)
+async def quiet(rig: "Rig", timeout: float = 10) -> None:
+    """Until the source has scanned the folder again after this call and holds nothing waiting to
+    settle: whatever it would take from the folder has been taken (or refused) by then."""
+    src = rig.source
+    seen = src.scans
+    src.rescan()
+    await wait_for(lambda: src.scans > seen and not src.busy(), timeout, "the folder source to be idle")
+
+
+async def scans(rig: "Rig", n: int, timeout: float = 10) -> None:
+    """Until the source has scanned the folder `n` more times (each scan also retries waiting photos)."""
+    src = rig.source
+    target = src.scans + n
+    await wait_for(lambda: src.scans >= target, timeout, f"{n} more scans")
 
 
 @pytest.fixture

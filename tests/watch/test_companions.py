@@ -69,7 +69,7 @@ async def test_bad_options_fail_the_photo_naming_the_key(rig):
     rig.drop("latin1.jpg", seed=20)
     await wait_for(lambda: all((rig.failed / f"{n}.error.txt").exists() for n in [*cases, "latin1.jpg"]), 10,
                    "error files")
-    await quiet()
+    await quiet(rig)
     assert await rig.jobs() == []
     assert rig.listing(rig.input) == set()
     assert {*cases, *(f"{n}.toml" for n in cases)} <= rig.listing(rig.failed)
@@ -105,7 +105,7 @@ async def test_broken_photos_go_to_failed_with_one_sentence(rig):
     rig.drop("fine.jpg", jpeg)
     await wait_for(lambda: all((rig.failed / f"{n}.error.txt").exists() for n in bad), 10, "error files")
     jobs = await rig.wait_jobs(1, JobState.done)
-    await quiet()
+    await quiet(rig)
     assert [j.spec.original_name for j in await rig.jobs()] == ["fine.jpg"] == [j.spec.original_name for j in jobs]
     assert rig.listing(rig.input) == set()
     assert set(bad) | {"text.jpg.txt"} <= rig.listing(rig.failed)
@@ -149,7 +149,7 @@ async def test_a_companion_that_is_a_link_fails_the_photo_and_its_target_is_neve
     jobs = await rig.wait_jobs(1, JobState.done)
     assert [j.spec.original_name for j in jobs] == ["control.jpg"]
     assert jobs[0].spec.options.prompt == "an ordinary prompt"
-    await quiet()
+    await quiet(rig)
     assert len(await rig.jobs()) == 1
     err = {n: _error_of(rig, n) for n in ["host.jpg", "opts.jpg", "pipe.jpg"]}
     assert "host.jpg.txt is a symbolic link" in err["host.jpg"]

@@ -7,7 +7,7 @@ import logging
 from wan22bot.jobs import JobSpec, JobState
 from wan22bot.queue import JobQueue
 
-from .conftest import photo_bytes, quiet, wait_for
+from .conftest import photo_bytes, quiet, scans, wait_for
 
 
 async def test_done_moves_to_processed_and_names_get_a_suffix_on_collision(rig):
@@ -40,7 +40,7 @@ async def test_equal_copies_under_other_names_are_separate_jobs_and_a_redrop_is_
     jobs = await rig.wait_jobs(2)
     assert [j.spec.original_name for j in jobs] == ["once.jpg", "once copy.jpg"]
     assert [j.spec.name for j in jobs] == ["once", "once copy"]
-    await quiet()
+    await quiet(rig)
     assert len(await rig.jobs()) == 2, "a settled photo already queued was queued again"
     assert rig.listing(rig.input) == {"once.jpg", "once copy.jpg"}  # pending photos stay in place
     rig.worker.start()
@@ -101,7 +101,7 @@ async def test_undelivered_jobs_from_a_previous_run_are_delivered_at_start(rig):
     for j in (done, bad, gone):
         assert (await rig.queue.get(j.id)).delivered
     # The still-pending photo is recognised as its queued job, not queued again.
-    await quiet()
+    await quiet(rig)
     assert len(await rig.jobs()) == 4
     assert rig.listing(rig.input) == {"pending.jpg"}
     rig.worker.start()
@@ -124,7 +124,7 @@ async def test_a_full_queue_leaves_the_photo_in_place_and_retries(rig, caplog):
     await rig.wait_jobs(1)
     rig.drop("second.jpg", seed=2)
     rig.drop("third.jpg", seed=3)
-    await quiet(1.5)  # several retries
+    await scans(rig, 4)  # several retries (rescan_seconds=0.2)
     assert len(await rig.jobs()) == 1
     assert rig.listing(rig.input) == {"first.jpg", "second.jpg", "third.jpg"}
     assert rig.listing(rig.failed) == set()
@@ -159,7 +159,7 @@ async def test_a_photo_replaced_while_pending_is_not_swept_away(rig):
     rig.drop("same name.jpg", seed=11)
     first = (await rig.wait_jobs(1))[0]
     rig.drop("same name.jpg", seed=12)  # another photo under the same name while the first is queued
-    await quiet()
+    await quiet(rig)
     assert len(await rig.jobs()) == 1
     rig.worker.start()
     jobs = await rig.wait_jobs(2, JobState.done)
@@ -183,7 +183,7 @@ async def test_after_a_restart_the_same_file_is_its_job_and_an_equal_copy_is_a_n
     try:
         await again.start(worker=False)
         jobs = await again.wait_jobs(2)
-        await quiet()
+        await quiet(again)
         jobs = await again.jobs()
         assert [j.spec.original_name for j in jobs] == ["a.jpg", "b.jpg"], "a.jpg was queued twice"
         assert jobs[0].id == first.id

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
+import time
 
 from wan22bot.jobs import JobState
 
@@ -15,17 +17,34 @@ from .conftest import SETTLE, make_config, photo_bytes, quiet, wait_for
 async def test_photo_is_taken_only_after_it_settles(rig):
     await rig.start(rescan_seconds=60)  # the observer, not the rescan, must find it
     data = photo_bytes(1, size=(256, 192), noise=True)
-    third = len(data) // 3
     path = rig.input / "slow copy.jpg"
-    with open(path, "wb") as f:  # a slow copy: three chunks, each pause shorter than settle_seconds
-        for i in range(3):
-            f.write(data[i * third:(i + 1) * third] if i < 2 else data[2 * third:])
-            f.flush()
-            if i < 2:
-                await asyncio.sleep(SETTLE * 0.6)
-                assert await rig.jobs() == [], "a half-written photo was queued"
-                assert rig.listing(rig.failed) == set(), "a half-written photo was judged"
+    done = threading.Event()
+    early: set[str] = set()
+
+    def copy():  # a slow copy: three chunks, each pause shorter than settle_seconds
+        third = len(data) // 3
+        with open(path, "wb") as f:
+            for i in range(3):
+                f.write(data[i * third:(i + 1) * third] if i < 2 else data[2 * third:])
+                f.flush()
+                if i < 2:
+                    time.sleep(SETTLE * 0.6)  # the writer's own pace, not the test's synchronisation
+        done.set()
+
+    async def copied():
+        if not done.is_set():
+            if await rig.jobs():
+                early.add("queued")
+            if rig.listing(rig.failed):
+                early.add("judged")
+        return done.is_set()
+
+    writer = threading.Thread(target=copy, daemon=True)
+    writer.start()
+    await wait_for(copied, 20, "the copy to finish")
     t_complete = asyncio.get_running_loop().time()
+    writer.join(5)
+    assert early == set(), f"a half-written photo was {early}"
     jobs = await rig.wait_jobs(1, JobState.done)
     waited = asyncio.get_running_loop().time() - t_complete
     assert waited >= SETTLE * 0.9, f"taken {waited:.2f} s after the last write; settle is {SETTLE} s"
@@ -61,7 +80,7 @@ async def test_hidden_partial_and_subfolder_files_are_ignored(rig):
     rig.drop("control.jpg", good)
     await rig.wait_jobs(1, JobState.done)
     await rig.wait_file(rig.processed / "control.jpg")
-    await quiet()
+    await quiet(rig)
     jobs = await rig.jobs()
     assert [j.spec.original_name for j in jobs] == ["control.jpg"]
     assert set(ignored) <= rig.listing(rig.input)
@@ -109,7 +128,7 @@ async def test_symlink_pointing_outside_is_ignored(rig, caplog, tmp_path):
     rig.drop("control.jpg", seed=43)
     await rig.wait_jobs(1, JobState.done)
     await rig.wait_file(rig.processed / "control.jpg")
-    await quiet()
+    await quiet(rig)
     assert [j.spec.original_name for j in await rig.jobs()] == ["control.jpg"]
     assert (rig.input / "link.jpg").is_symlink() and secret.exists()
     assert rig.listing(rig.failed) == set()
@@ -146,7 +165,7 @@ async def test_rescan_finds_photos_without_the_observer(rig):
 async def test_reload_picks_up_new_extensions_and_settle(rig, tmp_path):
     await rig.start()
     rig.drop("later.jfif", seed=60)
-    await quiet()
+    await quiet(rig)
     assert await rig.jobs() == []
     cfg = make_config(tmp_path, extensions=[".JFIF", "jpg"], settle_seconds=0.1)
     rig.source.reload(cfg)

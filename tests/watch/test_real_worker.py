@@ -14,10 +14,21 @@ from wan22bot.worker import Worker
 from .conftest import photo_bytes, wait_for
 
 
+@pytest.fixture(scope="module")
+def tiny_generator():
+    """One loaded tiny model for this file's tests (loading it is most of a test's time)."""
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.generator import TwoPassGenerator
+
+    gen = TwoPassGenerator(ModelConfig())  # the model settings the rig's config has
+    gen.load()
+    return gen
+
+
 @pytest.mark.timeout(240)
-async def test_tiny_model_end_to_end(rig):
+async def test_tiny_model_end_to_end(rig, tiny_generator):
     await rig.open_queue()
-    renderer = Renderer(rig.cfg)
+    renderer = Renderer(rig.cfg, generator=tiny_generator)
     rig.real_worker = Worker(rig.cfg, rig.queue, renderer)
     await rig.real_worker.load()
     rig.real_worker.start()
@@ -65,9 +76,9 @@ def _delivered_all(rig, ids):
 
 
 @pytest.mark.timeout(240)
-async def test_four_copies_of_one_photo_give_four_videos_named_after_each(rig):
+async def test_four_copies_of_one_photo_give_four_videos_named_after_each(rig, tiny_generator):
     await rig.open_queue()
-    rig.real_worker = Worker(rig.cfg, rig.queue, Renderer(rig.cfg))
+    rig.real_worker = Worker(rig.cfg, rig.queue, Renderer(rig.cfg, generator=tiny_generator))
     await rig.real_worker.load()
     names = ["photo.jpg", "photo2.jpg", "photo3.jpg", "photo4.jpg"]
     data = photo_bytes(5, size=(64, 96), noise=True)

@@ -66,6 +66,7 @@ class FolderSource:
         self._observer = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_inputs: set[Path] = set()
+        self.scans = 0  # completed scans of the input folder (tests and the status page can watch it)
         self._apply(cfg)
 
     # ------------------------------------------------------------------ config
@@ -196,6 +197,16 @@ class FolderSource:
         if not task.cancelled() and task.exception() is not None:
             log.error("watch: background task failed", exc_info=task.exception())
 
+    def rescan(self) -> None:
+        """Scan the input folder again now (a safety net; the observer normally finds everything)."""
+        self._rescan_now = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def busy(self) -> bool:
+        """Photos are waiting to settle, for room in the queue, or to go back from the failed folder."""
+        return bool(self._pending) or bool(self._revive)
+
     # ------------------------------------------------------------------ discovery
     def _fs_event(self, path: str, kind: str = "modified") -> None:
         """On the loop: the observer saw `path` change (`kind`: created, modified, moved, closed)."""
@@ -275,6 +286,7 @@ class FolderSource:
                     for p in await asyncio.to_thread(self._scan):
                         self._consider(p)
                     next_scan = time.monotonic() + self.rescan_seconds
+                    self.scans += 1
                 if self._pending:
                     await self._check_pending()
                 if self._judged:
