@@ -163,6 +163,14 @@ def test_unpaired_factor_and_mixed_styles_are_errors(tmp_path):
     _refused(tmp_path, {"diffusion_model.blocks.0.ffn.0.lora_down.weight": torch.randn(4, DIM, generator=g),
                         "diffusion_model.blocks.0.ffn.0.lora_up.weight": torch.randn(32, 3, generator=g)},
              "do not multiply")
+    _refused(tmp_path, {"diffusion_model.blocks.0.ffn.0.lora_down.weight": torch.randn(4, DIM, generator=g),
+                        "diffusion_model.blocks.0.ffn.0.lora_up.weight": torch.randn(32, 4, generator=g),
+                        "lora_unet_blocks_0_ffn_0.lora_up.weight": torch.randn(32, 4, generator=g)},
+             "blocks.0.ffn.0 has the same factor under two prefixes")
+    _refused(tmp_path, {"diffusion_model.blocks.0.ffn.0.lora_down.weight": torch.randn(4, DIM, generator=g),
+                        "diffusion_model.blocks.0.ffn.0.lora_up.weight": torch.randn(32, 4, generator=g),
+                        "diffusion_model.blocks.0.ffn.0.diff": torch.randn(32, DIM, generator=g)},
+             "blocks.0.ffn.net.0.proj.weight is patched by both diff and lora_up/down")
 
 
 def test_summary_on_the_meta_device_reads_no_factors(tmp_path):

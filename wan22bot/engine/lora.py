@@ -150,15 +150,18 @@ def _patches(path: Path, tensors: dict[str, torch.Tensor]) -> list[Patch]:
         if family != "lora":
             kn, t = items[0]
             if len(items) > 1:
-                problems.append(f"{module} has several {family} keys ({_examples(keys)})")
+                problems.append(f"{module} has the same {family} key under two prefixes ({_examples(keys)})")
                 continue
             tgt = target_of(kn)
             patches.append(Patch(tgt.param, family, keys, tgt.image_branch, delta=t))  # type: ignore[union-attr]
             continue
         parts = {kn.part: (kn, t) for kn, t in items}
         styles = {kn.style for kn, _ in items if kn.style}
-        if len(items) != len(parts) or len(styles) > 1:
+        if len(styles) > 1:
             problems.append(f"{module} has both lora_down/lora_up and lora_A/lora_B factors ({_examples(keys)})")
+            continue
+        if len(items) != len(parts):
+            problems.append(f"{module} has the same factor under two prefixes ({_examples(keys)})")
             continue
         if "down" not in parts or "up" not in parts:
             missing = "the down factor (lora_down / lora_A)" if "down" not in parts else "the up factor (lora_up / lora_B)"
@@ -167,7 +170,7 @@ def _patches(path: Path, tensors: dict[str, torch.Tensor]) -> list[Patch]:
         kn_down, down = parts["down"]
         _, up = parts["up"]
         alpha = parts["alpha"][1] if "alpha" in parts else None
-        if up.dim() < 2 or down.dim() < 2 or up.shape[1] != down.shape[0]:
+        if up.dim() < 2 or down.dim() < 2 or math.prod(up.shape[1:]) != down.shape[0]:
             problems.append(f"{module}: up {tuple(up.shape)} and down {tuple(down.shape)} do not multiply")
             continue
         if alpha is not None and alpha.numel() != 1:
@@ -180,7 +183,7 @@ def _patches(path: Path, tensors: dict[str, torch.Tensor]) -> list[Patch]:
         by_target.setdefault(p.target, []).append(p)
     for tgt, ps in by_target.items():
         if len(ps) > 1:
-            problems.append(f"{tgt} is patched by both {' and '.join(p.kind for p in ps)} "
+            problems.append(f"{tgt} is patched by both {' and '.join(sorted(p.kind for p in ps))} "
                             f"({_examples(sorted(k for p in ps for k in p.keys))}); which one applies is ambiguous")
     if problems:
         raise ModelError(f"LoRA {name} is not usable: " + "; ".join(problems[:3])
