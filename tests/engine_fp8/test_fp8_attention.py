@@ -227,7 +227,9 @@ def test_self_check_on_gpu():
     reason = fa.availability(device)
     if not reason.startswith("ok"):
         pytest.skip(reason)
-    result = fa.self_check(device, tokens=[], accuracy_tokens=4096)
+    from wan22bot.bench.fp8_attention import self_check
+
+    result = self_check(device, tokens=[], accuracy_tokens=4096)
     acc = result["accuracy"]
     assert acc["finite"]
     assert acc["o_fp8_nan"] == 0
