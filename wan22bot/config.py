@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .validation import problems, show
 
 # The negative prompt the Wan 2.x reference code ships; used by the `quality` preset (CFG > 1).
 WAN_NEGATIVE_PROMPT = (
@@ -310,24 +311,13 @@ def check_size(v: int) -> None:
         raise ValueError(f"must be a multiple of 16 between 16 and 4096; nearest valid values are {lo} and {hi}")
 
 
-def _loc(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"])
-
-
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
-    for err in exc.errors():
-        key = _loc(err)
-        kind = err.get("type", "")
-        if kind == "extra_forbidden":
-            lines.append(f"  [{key}] unknown key (check the spelling; see config.toml in the README)")
+    for p in problems(exc):
+        if p.unknown_key:
+            lines.append(f"  [{p.key}] unknown key (check the spelling; see config.toml in the README)")
             continue
-        msg = err.get("msg", "").removeprefix("Value error, ")
-        given = err.get("input")
-        shown = repr(given) if not isinstance(given, dict) else "(table)"
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"  [{key}] = {shown}: {msg}" if key else f"  {msg}")
+        lines.append(f"  [{p.key}] = {show(p.given)}: {p.message}" if p.key else f"  {p.message}")
     return "\n".join(lines)
 
 

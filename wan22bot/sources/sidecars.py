@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from ..errors import InputError
 from ..jobs import JobOptions
+from ..validation import first_problem, show
 
 # Names browsers, sync tools and copy programs give a file while it is still being written.
 PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", ".filepart", ".!qb", ".swp")
@@ -188,16 +189,13 @@ def read_options(photo: Path) -> JobOptions:
     try:
         return JobOptions.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "options"
-        msg = err.get("msg", "").removeprefix("Value error, ")
+        problem = first_problem(exc)
+        key = problem.key or "options"
         where = toml_path.name if toml_path is not None else (txt.name if txt else photo.name)
         if key == "prompt" and txt is not None and "prompt" in data and toml_path is None:
             where = txt.name
-        shown = repr(err.get("input"))
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        raise InputError(f"{where} sets {key} = {shown}, which is not allowed: {msg}") from None
+        raise InputError(f"{where} sets {key} = {show(problem.given, 60)}, which is not allowed: "
+                         f"{problem.message}") from None
 
 
 # ---------------------------------------------------------------------------------- messages
