@@ -26,7 +26,11 @@ class JobState(str, enum.Enum):
 
     @property
     def final(self) -> bool:
-        return self in (JobState.done, JobState.failed, JobState.cancelled)
+        return self.value in FINAL_STATES
+
+
+# The states a job ends in (and the event kinds that announce them): one tuple for every module.
+FINAL_STATES = ("done", "failed", "cancelled")
 
 
 class JobOptions(BaseModel):

@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .jobs import TIMING_KEYS, JobState
+from .jobs import FINAL_STATES, TIMING_KEYS, JobState
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # From a tiny-model CPU run (hundredths of a second) to a cold 161-frame run on a large card.
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 900.0, 1800.0)
-OUTCOMES = ("done", "failed", "cancelled")
+OUTCOMES = FINAL_STATES
 
 
 class Metrics:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ...config import Config
 from ...errors import ConfigError, InputError, Wan22Error
 from ...images import check_photo
-from ...jobs import JobOptions, JobSpec, JobState
+from ...jobs import FINAL_STATES, JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
 from .. import sidecars
 from .delivery import Outside, Replaced, destination, move_if_there, short
@@ -40,9 +40,6 @@ class _Judged:
     at: float  # monotonic time it was judged
 
 log = logging.getLogger(__name__)
-
-_FINAL = ("done", "failed", "cancelled")
-
 
 class FolderSource:
     name = "watch"
@@ -456,7 +453,7 @@ class FolderSource:
         job = event.job
         if job.spec.source != self.name:
             return
-        if event.kind in _FINAL:
+        if event.kind in FINAL_STATES:
             self._spawn(self._deliver(job))
         if event.kind in ("started", "cancelled", "done", "failed") and self._pending:
             self._pending.retry_all()  # room in the queue: retry photos that waited
@@ -469,7 +466,7 @@ class FolderSource:
             if job.id in self._delivered:
                 return
             state = job.state.value
-            if state not in _FINAL:
+            if state not in FINAL_STATES:
                 return
             reply = job.spec.reply.get("path")
             photos = [reply] if isinstance(reply, str) and reply else []
