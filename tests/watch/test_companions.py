@@ -89,7 +89,9 @@ def _png_header_only(width: int, height: int) -> bytes:
             struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
 
 
-async def test_broken_photos_go_to_failed_with_one_sentence(rig):
+async def test_broken_photos_go_to_failed_with_one_sentence(rig, monkeypatch):
+    # empty.jpg waits out the zero-byte grace before it is judged; 1 s instead of 5 keeps this fast
+    monkeypatch.setattr("wan22bot.sources.watch.settle.EMPTY_GRACE_SECONDS", 1.0)
     jpeg = photo_bytes(30, size=(256, 192), noise=True)
     bad = {
         "text.jpg": b"this is a shopping list, not a photo\n",
