@@ -46,6 +46,7 @@ class Daemon:
         self.lock = StateLock(cfg.paths.state, "daemon")
         self._stop = asyncio.Event()
         self._watchdog_ok = True
+        self._stopping_sent = False
         self.abandoned_load = False  # the process must not wait for a model load left running
 
     def build_sources(self) -> list:
@@ -86,7 +87,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self.notifier.stopping)  # last out: whatever happened, systemd hears it
+            stack.callback(self._send_stopping)  # last out: whatever happened, systemd hears it
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig)
                 stack.callback(loop.remove_signal_handler, sig)
@@ -165,8 +166,13 @@ class Daemon:
         if not self._stop.is_set():
             log.info("stopping (%s): no new jobs; the running job is checkpointed",
                      signal.Signals(sig).name if sig else "request")
-            self.notifier.stopping()
+            self._send_stopping()
             self._stop.set()
+
+    def _send_stopping(self) -> None:
+        if not self._stopping_sent:  # once: a signal sends it early, the unwinding otherwise
+            self._stopping_sent = True
+            self.notifier.stopping()
 
     def reload(self) -> None:
         if self.config_path is None:
