@@ -156,28 +156,47 @@ class Mp4Writer:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.part")
         self.width, self.height = width, height
-        self.codec = choose_codec(s.encoder)
         self.frames = 0
         self._m = matrix(s.matrix)
         self._container = None
+        self._fps = fps
+        self.codec = choose_codec(s.encoder)
+        try:
+            self._open(self.codec)
+        except Exception as exc:
+            if not (s.encoder == "auto" and self.codec == NVENC):
+                raise
+            # NVENC opened in the probe but not for this stream (a size it refuses, no free
+            # session): "auto" still makes the video, with x264.
+            log.warning("video encoder: h264_nvenc failed to open for %dx%d (%s); encoding with libx264",
+                        width, height, exc)
+            self.codec = "libx264"
+            self._open(self.codec)
+
+    def _open(self, codec: str) -> None:
+        """Create the .part file and open the encoder now, so a codec that cannot start fails
+        here (before the passes, in render) rather than at the first frame."""
+        s = self.settings
+        self.abort()
         try:
             with _disk_errors(self.path):
                 self._container = av.open(str(self.tmp), mode="w", format="mp4",
                                           options={"movflags": "+faststart"})
-                stream = self._container.add_stream(self.codec, rate=Fraction(fps, 1))
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream = self._container.add_stream(codec, rate=Fraction(self._fps, 1))
+                stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
                 cc = stream.codec_context
                 cc.color_range, cc.colorspace = COLOR_RANGE_TV, self._m.colorspace
                 cc.color_primaries, cc.color_trc = self._m.primaries, self._m.trc
                 if s.bitrate:
                     stream.bit_rate = int(s.bitrate)
-                if self.codec == "libx264":
+                if codec == "libx264":
                     # Frame threads (x264's and the ffmpeg tool's default; PyAV asks for slices):
                     # higher throughput, and the stream is still deterministic per thread count.
                     cc.thread_type = "FRAME"
                     cc.thread_count = int(s.threads)
-                stream.options = _codec_options(self.codec, s)
+                stream.options = _codec_options(codec, s)
                 self._stream = stream
+                self._container.start_encoding()
         except BaseException:
             self.abort()
             raise
