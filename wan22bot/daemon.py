@@ -96,8 +96,9 @@ class Daemon:
 
             self._preflight()  # a second daemon on this state folder stops here, with one line
             stack.callback(self.lock.release)
-            log.info("wan22bot starting: config %s; state %s; model %s on %s",
-                     self.config_path or "(built-in defaults)", cfg.paths.state, cfg.model.kind, cfg.model.device)
+            log.info("wan22bot starting: config %s; state %s; model %s, device %s",
+                     Path(self.config_path).absolute() if self.config_path else "(built-in defaults)",
+                     cfg.paths.state, cfg.model.kind, cfg.model.device)
 
             self.queue = JobQueue(cfg.paths.state, cfg.paths.output, max_length=cfg.queue.max_length,
                                   max_attempts=cfg.queue.max_attempts)

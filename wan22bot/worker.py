@@ -150,7 +150,8 @@ class Worker:
         if not self.renderer.loaded:
             m = self.cfg.model
             gen = getattr(self.renderer, "generator", None)
-            log.info("loading models: %s on %s (%s) ...", m.kind, getattr(gen, "device", m.device), m.memory)
+            log.info("loading models: %s on %s (memory mode %s) ...", m.kind, getattr(gen, "device", m.device),
+                     m.memory)
         self.loading = True
         try:
             secs = await self._on_gpu(self.renderer.load)
