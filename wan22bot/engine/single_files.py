@@ -180,7 +180,7 @@ def inspect_file(path: Path, part: str) -> str:
         what = f"Wan 2.1 VAE (z_dim {a.z_dim}, base width {a.base_dim})"
     elif part == "text_encoder":
         what = detect_text_encoder(ckpt.shapes, source=str(path)).describe()
-        if "spiece_model" not in ckpt._handle.keys():  # type: ignore[attr-defined]
+        if not ckpt.has("spiece_model"):
             what += ", no tokenizer inside (spiece_model missing)"
     else:
         raise ValueError(part)
