@@ -103,3 +103,35 @@ async def test_old_relative_rows_are_migrated_at_start(tmp_path, monkeypatch, ca
     assert not any("relative" in r.getMessage() for r in caplog.records)
     raw = sqlite3.connect(str(root / "state" / "jobs.sqlite")).execute("SELECT spec FROM jobs").fetchall()
     assert all(Path(json.loads(s)["input_path"]).is_absolute() for (s,) in raw)
+
+
+async def test_an_old_relative_video_is_served_over_http_after_a_restart_elsewhere(tmp_path, monkeypatch):
+    import aiohttp
+
+    from wan22bot.config import Config, HttpConfig, PathsConfig, WatchConfig
+    from wan22bot.sources.http import HttpSource
+
+    root = tmp_path / "srv"
+    q = JobQueue(root / "state", root / "out")
+    await q.start()
+    await q.close()
+    (root / "out").mkdir()
+    (root / "out" / "cat.mp4").write_bytes(b"\0\0\0\x18ftypisom-old-video")
+    con = sqlite3.connect(str(root / "state" / "jobs.sqlite"))
+    with con:
+        _old_row(con, "donejob", "done", "state/spool/bbb.jpg", "out/cat.mp4")
+    con.close()
+    monkeypatch.chdir(tmp_path)  # not the folder the old daemon ran in
+    cfg = Config(paths=PathsConfig(input=root / "in", output=root / "out", state=root / "state"),
+                 http=HttpConfig(host="127.0.0.1", port=0), watch=WatchConfig(enabled=False))
+    q = JobQueue(cfg.paths.state, cfg.paths.output)
+    await q.start()
+    http = HttpSource(cfg, q, None)
+    await http.start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{http.url}/api/jobs/donejob/video") as r:
+            assert r.status == 200, await r.text()
+            assert await r.read() == b"\0\0\0\x18ftypisom-old-video"
+    finally:
+        await http.stop()
+        await q.close()
