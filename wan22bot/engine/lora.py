@@ -253,8 +253,8 @@ def plan_lora(lora: LoraFile, model: torch.nn.Module) -> LoraPlan:
             continue
         got = p.fits(shape)
         if got is not None:
-            misfit.append(f"{p.target.rsplit('.', 1)[0] if p.kind != 'diff_m' else p.target} is {shape}, "
-                          f"the LoRA gives {got} ({p.keys[0]})")
+            where = p.target.removesuffix(".weight").removesuffix(".bias")  # the module, or a bare table
+            misfit.append(f"{where} is {shape}, the LoRA gives {got} ({p.keys[0]})")
             continue
         apply.append(p)
     name = lora.path.name
