@@ -2,7 +2,8 @@
 against overlapped, plus the image encode before pass 1; random weights, timing only.
 
     python -m wan22bot.bench.tail --device cuda --frames 81 [--width 832 --height 1216]
-        [--no-rife] [--vae-dtype bf16|fp32] [--channels-last] [--psnr] [--encoder auto]
+        [--no-rife] [--vae-dtype bf16|fp32] [--channels-last] [--cudnn-benchmark] [--compile-decoder]
+        [--psnr] [--encoder auto]
         [--threads 0] [--rife-weights weights/rife/flownet.pkl]
 
 - serial: the tail as 140cdeb ran it: stock VAE decode of the whole clip, RIFE on the whole clip,
@@ -115,6 +116,10 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"bench.tail: --width and --height must be multiples of 16, got {args.width}x{args.height}")
     vae_dtype = DTYPES[args.vae_dtype] if dev.type == "cuda" else torch.float32
     vae = build_vae(args.vae, dev, vae_dtype, args.channels_last, args.seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark  # autotunes each Conv3d shape once
+    if args.compile_decoder:
+        vae.decoder.compile()  # the warm-up below compiles both the first-frame and later-frame calls
     t_lat = (args.frames - 1) // 4 + 1
     z = torch.randn((1, vae.config.z_dim, t_lat, args.height // 8, args.width // 8),
                     generator=torch.Generator().manual_seed(args.seed)).to(dev, vae_dtype)
@@ -133,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"device": str(dev), "frames": args.frames, "width": args.width, "height": args.height,
                     "rife": bool(interp), "vae": args.vae, "vae_dtype": str(vae_dtype).removeprefix("torch."),
-                    "channels_last": args.channels_last, "random_weights": True}
+                    "channels_last": args.channels_last, "cudnn_benchmark": args.cudnn_benchmark,
+                    "compile_decoder": args.compile_decoder, "random_weights": True}
     if dev.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(dev)
 
@@ -144,12 +150,13 @@ def run(args: argparse.Namespace) -> dict:
         if interp:
             interp.double(content[:3])
         rgb_to_yuv420(content[:2])
-        synchronize(dev)
-
         # image encode: the conditioning video (photo, then black frames), as prepare_latents does
-        clock = Clock(dev)
         cond = torch.zeros((1, 3, args.frames, args.height, args.width), device=dev, dtype=vae_dtype)
         cond[:, :, 0] = content[0].permute(2, 0, 1).to(vae_dtype) / 127.5 - 1.0
+        vae.encode(cond[:, :, :5])  # the 1-frame and 4-frame shapes
+        synchronize(dev)
+
+        clock = Clock(dev)
         clock("image_encode", lambda: vae.encode(cond).latent_dist.mode())
         del cond
         result["image_encode"] = round(clock.seconds["image_encode"], 4)
@@ -236,6 +243,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae", choices=("wan", "tiny"), default="wan", help="full-size Wan VAE, or the tiny one (smoke tests)")
     p.add_argument("--vae-dtype", choices=tuple(DTYPES), default="bf16", help="on CUDA; the CPU runs fp32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune the VAE's 3-D convolutions")
+    p.add_argument("--compile-decoder", action="store_true", help="torch.compile the VAE decoder")
     p.add_argument("--psnr", action="store_true", help="also decode in fp32 and report the PSNR against it")
     p.add_argument("--rife", dest="rife", action="store_true", default=True)
     p.add_argument("--no-rife", dest="rife", action="store_false")
