@@ -131,6 +131,12 @@ async def test_upload_form_in_chromium(make_server, queue, tmp_path):
     async with Browser(tmp_path / "profile") as browser:
         page = await browser.open(srv.url("/"))
         await page.wait_for("document.getElementById('queue-empty') && document.querySelector('.pill')")
+        # the tiny model makes at most 125 frames: longer choices are greyed out
+        await page.wait_for("[...document.querySelectorAll('#upload select[name=frames] option')]"
+                            ".some(o => o.disabled)")
+        disabled = await page.evaluate("[...document.querySelectorAll('#upload select[name=frames] option')]"
+                                       ".filter(o => o.disabled).map(o => o.value).join(',')")
+        assert disabled == "161"
 
         async def submit(path) -> str:
             doc = await page.call("DOM.getDocument")

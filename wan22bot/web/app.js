@@ -135,6 +135,13 @@ function renderStatus(st) {
   if (interp && st.defaults) {
     interp.querySelector('option[value="true"]').disabled = !st.defaults.interpolate_available;
   }
+  // only the lengths the loaded model can make (the server refuses the others anyway)
+  const maxFrames = st.limits && st.limits.max_frames;
+  if (maxFrames) {
+    for (const opt of document.querySelectorAll('#upload select[name=frames] option')) {
+      if (opt.value) opt.disabled = Number(opt.value) > maxFrames;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------- running job

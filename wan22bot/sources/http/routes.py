@@ -13,6 +13,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ... import __version__, links
+from ...config import max_frames
 from ...jobs import JobState
 from ...metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...metrics import gpu_memory
@@ -111,7 +112,8 @@ class Routes:
                 "interpolate": src.cfg.interpolation.enabled,
                 "interpolate_available": src.interpolation_available(),
             },
-            "limits": {"max_upload_mb": upload_cap(src.cfg)[0] / 2**20, "max_megapixels": g.max_megapixels},
+            "limits": {"max_upload_mb": upload_cap(src.cfg)[0] / 2**20, "max_megapixels": g.max_megapixels,
+                       "max_frames": max_frames(src.cfg.model.kind)},
             "auth": src.auth_required,
         }
         return web.json_response(body)
