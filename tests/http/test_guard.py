@@ -134,3 +134,14 @@ async def test_status_page_script_talks_only_to_its_own_origin():
 
     js = (WEB_DIR / "app.js").read_text(encoding="utf-8")
     assert not re.search(r"""fetch\(\s*["'`]https?:""", js) and "new EventSource(withToken(\"/api/" in js
+
+
+def test_check_command_names_public_url_without_a_token(tmp_path, monkeypatch):
+    from wan22bot.commands.check import run_checks
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    cfg = make_config(tmp_path, http={"public_url": "https://videos.example.test"})
+    errors = run_checks(cfg).errors
+    assert any("http.public_url" in e and TOKEN_ENV in e for e in errors), errors
+    monkeypatch.setenv(TOKEN_ENV, SECRET)
+    assert not any("http.public_url" in e for e in run_checks(cfg).errors)

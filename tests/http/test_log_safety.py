@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from yarl import URL
@@ -78,3 +81,14 @@ def test_tracebacks_keep_their_lines_but_cannot_start_one(log_text):
 def test_safe_escapes_every_control_character():
     assert logsafe.safe("a\x00b\tc\rd\ne\x1bf\x7fg\x9fh\u2028i") == "a\\x00b\\tc\\rd\\ne\\x1bf\\x7fg\\x9fh\\u2028i"
     assert logsafe.safe("plain ünïcode / path.png") == "plain ünïcode / path.png"
+
+
+def test_the_cli_logging_setup_installs_the_escaping():
+    """What `wan22bot run` (and every command) sets up, in a fresh process: one line per record."""
+    code = ("import logging, sys; from wan22bot.cli import setup_logging; setup_logging(False); "
+            "logging.getLogger('wan22bot.sources.http').info('http: job %s: cancel requested', "
+            "'ab\\n" + FORGED + "\\x1b[2J')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "JOURNAL_STREAM": "1:1"})  # the journald format: no timestamps
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("INFO wan22bot.sources.http: http: job ab\\n" + FORGED + "\\x1b[2J: cancel requested\n")

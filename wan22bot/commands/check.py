@@ -139,6 +139,9 @@ def run_checks(cfg: Config) -> Report:
         if not local and not os.environ.get(h.token_env):
             rep.errors.append(f"http.host = {h.host} is reachable from other machines; set a bearer token in "
                               f"${h.token_env} (or bind to 127.0.0.1)")
+        elif h.public_url and not os.environ.get(h.token_env):
+            rep.errors.append(f"http.public_url is set ({h.public_url}), so the API is reached through a proxy; "
+                              f"set a bearer token in ${h.token_env} (or remove public_url)")
         else:
             rep.ok.append(f"http on {h.host}:{h.port}" + ("" if local else " (bearer token required)"))
 
