@@ -2,6 +2,8 @@
 
 photo -> checks -> settings (config defaults, preset, per-job options) -> TwoPassGenerator ->
 optional RIFE -> MP4 -> sidecar JSON. Blocking; the daemon calls it from its GPU thread.
+Everything after pass 2 is streamed (tail.py): decoded chunks are doubled, converted and encoded
+by a background thread while the rest decodes.
 """
 
 from __future__ import annotations
