@@ -27,6 +27,7 @@ from .errors import Cancelled
 from .yuv import rgb_to_yuv420
 
 StageFn = Callable[[str], None]
+EMIT_FRAMES = 16  # frames per colour conversion and per queued chunk
 
 
 class StreamingTail:
@@ -71,15 +72,17 @@ class StreamingTail:
         return out
 
     def _emit(self, frames: torch.Tensor) -> None:
-        if frames.shape[0] == 0:
-            return
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        planes = PlaneChunk.from_device(*rgb_to_yuv420(frames, self.matrix))
-        synchronize(self.device)
-        self.yuv += time.perf_counter() - t0
-        self.frames_out += frames.shape[0]
-        self.encoder.put(planes)
+        # In slices: the float temporaries of the conversion stay small (about 40 MB a frame at
+        # 832x1216) even when a fallback decode hands over the whole clip at once.
+        for start in range(0, frames.shape[0], EMIT_FRAMES):
+            part = frames[start:start + EMIT_FRAMES]
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            planes = PlaneChunk.from_device(*rgb_to_yuv420(part, self.matrix))
+            synchronize(self.device)
+            self.yuv += time.perf_counter() - t0
+            self.frames_out += part.shape[0]
+            self.encoder.put(planes)
 
     def _announce(self, stage: str) -> None:
         if stage not in self._announced:
