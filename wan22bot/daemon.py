@@ -47,7 +47,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._watchdog_ok = True
         self._stopping_sent = False
-        self.abandoned_load = False  # the process must not wait for a model load left running
+        self.abandon_gpu = False  # the process must not wait for the GPU thread (a load, or a stuck call)
 
     def build_sources(self) -> list:
         srcs = []
@@ -113,7 +113,7 @@ class Daemon:
                 self.notifier.status("loading models")
                 if not await self._until_stopped(self.worker.load()):
                     log.info("stopped during the model load; the load is abandoned")
-                    self.abandoned_load = True
+                    self.abandon_gpu = True
                     return 0
             self.worker.start()
 
@@ -154,8 +154,15 @@ class Daemon:
         return False
 
     async def _stop_worker(self) -> None:
-        if self.worker is not None:
-            await self.worker.stop(wait_for_gpu=not self.abandoned_load)
+        if self.worker is None:
+            return
+        h = self.worker.health()
+        if not h.ok and not self.abandon_gpu:
+            # a stuck GPU thread would hold the stop until systemd's SIGKILL: leave it behind; its
+            # job stays "running" and is recovered (attempt counted) at the next start
+            log.warning("worker %s (%s): not waiting for the GPU thread", h.state, h.detail)
+            self.abandon_gpu = True
+        await self.worker.stop(wait_for_gpu=not self.abandon_gpu)
 
     async def _stop_source(self, s) -> None:
         try:
@@ -238,9 +245,9 @@ class Daemon:
 def run_daemon(cfg: Config, config_path: Path | None = None) -> int:
     daemon = Daemon(cfg, config_path)
     code = asyncio.run(daemon.run())
-    if daemon.abandoned_load:
-        # the GPU thread is still inside a model load; the interpreter's exit would wait on its
-        # imports and locks, so leave now (the journal is closed and the lock released already)
+    if daemon.abandon_gpu:
+        # the GPU thread is still inside a model load (or stuck); the interpreter's exit would wait
+        # on its imports and locks, so leave now (the journal is closed and the lock released already)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -187,14 +187,14 @@ class Worker:
     async def stop(self, *, wait_for_gpu: bool = True) -> None:
         """Stop taking jobs; a running job is checkpointed at its next step and re-queued.
 
-        `wait_for_gpu=False` (a stop during the model load): the load is left to finish or die
-        with the process; nothing waits for it.
+        `wait_for_gpu=False` (a stop during the model load, or a stuck GPU thread): whatever the
+        GPU thread is doing is left to finish or die with the process; nothing waits for it.
         """
         self._stopping = True
         if self.current is not None:
             self.queue.cancel_flag(self.current.id).set()
         if self._task is not None:
-            if self.current is None:
+            if self.current is None or not wait_for_gpu:
                 self._task.cancel()
             try:
                 await self._task

@@ -161,6 +161,23 @@ async def test_a_stuck_load_shows_in_healthz_and_stops_the_watchdog_pings(tmp_pa
         os.rmdir(sockdir)
 
 
+async def test_a_stop_does_not_wait_for_a_stuck_gpu_thread(tmp_path):
+    cfg = _cfg(tmp_path, stall_minutes=0.5 / 60)
+    rig = await Rig(cfg, Loads(hang_on=1)).open()
+    daemon = Daemon(cfg)
+    daemon.worker = rig.worker
+    try:
+        rig.worker.start()
+        job = await rig.submit("stuck")
+        await _until(lambda: rig.worker.health().state == "stuck", 30, "the worker to count as stuck")
+        await asyncio.wait_for(daemon._stop_worker(), 10)  # before: waited for the load forever
+        assert daemon.abandon_gpu  # run_daemon then leaves without joining the thread
+        assert (await rig.q.get(job.id)).state == JobState.running  # recovered at the next start
+    finally:
+        rig.loads.release.set()
+        await rig.q.close()
+
+
 async def test_a_worker_loop_that_dies_is_reported_dead(tmp_path):
     rig = await Rig(_cfg(tmp_path), Loads()).open()
     try:
