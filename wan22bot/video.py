@@ -72,17 +72,22 @@ def nvenc_problem() -> str | None:
     Being listed in av.codecs_available is not enough: the encoder only opens with an NVIDIA GPU
     and driver that have NVENC (data-centre Hopper cards, for one, have none). Cached per process.
     """
-    if NVENC not in av.codecs_available:
-        return "this PyAV build has no h264_nvenc encoder"
+    return open_problem(NVENC)
+
+
+def open_problem(codec: str) -> str | None:
+    """None when a yuv420p `codec` encoder opens in this process, else why not (one phrase)."""
+    if codec not in av.codecs_available:
+        return f"this PyAV build has no {codec} encoder"
     try:
-        ctx = av.CodecContext.create(NVENC, "w")
+        ctx = av.CodecContext.create(codec, "w")
         ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
         ctx.time_base = Fraction(1, 16)
         ctx.framerate = Fraction(16, 1)
         ctx.open()
-        ctx.close()
+        del ctx  # PyAV frees (and closes) the context with the object
     except Exception as exc:  # noqa: BLE001 - any failure to open means "not usable here"
-        return f"h264_nvenc does not open here ({exc})"
+        return f"{codec} does not open here ({exc})"
     return None
 
 

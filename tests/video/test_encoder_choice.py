@@ -9,7 +9,7 @@ import pytest
 
 from wan22bot.config import GenerationConfig
 from wan22bot.errors import ConfigError
-from wan22bot.video import EncodeSettings, Mp4Writer, choose_codec, nvenc_problem
+from wan22bot.video import EncodeSettings, Mp4Writer, choose_codec, nvenc_problem, open_problem
 
 needs_no_nvenc = pytest.mark.skipif(nvenc_problem() is None, reason="NVENC opens on this machine")
 
@@ -41,6 +41,12 @@ def test_forced_nvenc_that_cannot_open_is_a_config_error_naming_the_fix(tmp_path
 
 def test_libx264_is_taken_as_asked():
     assert choose_codec("libx264") == "libx264"
+
+
+def test_the_open_probe_accepts_an_encoder_that_opens():
+    """The same probe that judges NVENC, on an encoder that does open here: no false 'no'."""
+    assert open_problem("libx264") is None
+    assert open_problem("no_such_encoder") == "this PyAV build has no no_such_encoder encoder"
 
 
 def test_unknown_encoder_names_the_choices():
