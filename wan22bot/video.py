@@ -168,9 +168,15 @@ class Mp4Writer:
         self.codec = choose_codec(s.encoder)
         try:
             self._open(self.codec)
+        except DiskFull:
+            raise
         except Exception as exc:
-            if not (s.encoder == "auto" and self.codec == NVENC):
+            if self.codec != NVENC:
                 raise
+            if s.encoder == "nvenc":
+                raise ConfigError(f"generation.encoder is \"nvenc\" but h264_nvenc failed to open for "
+                                  f"{width}x{height} ({exc}); set generation.encoder = \"libx264\" (or \"auto\")"
+                                  ) from None
             # NVENC opened in the probe but not for this stream (a size it refuses, no free
             # session): "auto" still makes the video, with x264.
             log.warning("video encoder: h264_nvenc failed to open for %dx%d (%s); encoding with libx264",

@@ -62,3 +62,26 @@ def test_config_keys_default_and_validate():
         GenerationConfig(encoder="h265")
     with pytest.raises(ValueError, match="encoder_threads"):
         GenerationConfig(encoder_threads=-1)
+
+
+@needs_no_nvenc
+def test_auto_still_makes_the_video_when_nvenc_passes_the_probe_but_refuses_the_stream(monkeypatch, caplog, tmp_path):
+    """The probe is only a probe: if the real stream's NVENC open fails, auto reopens with x264."""
+    from wan22bot import video
+
+    monkeypatch.setattr(video, "nvenc_problem", lambda: None)  # as on a box whose probe opened
+    assert choose_codec("auto") == "h264_nvenc"
+    out = tmp_path / "fb.mp4"
+    with caplog.at_level(logging.WARNING, logger="wan22bot.video"):
+        w = Mp4Writer(out, 64, 64, 16, EncodeSettings(encoder="auto"))  # the real NVENC open fails here
+    assert w.codec == "libx264"
+    assert any("h264_nvenc failed to open for 64x64" in r.getMessage() for r in caplog.records)
+    import numpy as np
+
+    w.write_rgb(np.full((2, 64, 64, 3), 120, np.uint8))
+    assert w.close() == out.stat().st_size
+    assert not list(tmp_path.glob(".*.part"))
+    # "nvenc" itself never falls back
+    with pytest.raises(ConfigError, match='"nvenc" but h264_nvenc failed to open for 64x64 .*set generation.encoder'):
+        Mp4Writer(tmp_path / "n.mp4", 64, 64, 16, EncodeSettings(encoder="nvenc"))
+    assert not (tmp_path / "n.mp4").exists() and not list(tmp_path.glob(".*.part"))
