@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.config import Config, load_config
+from wan22bot.config import Config, load_config, resolve_paths
 from wan22bot.errors import ConfigError
 
 from .helpers import REPO
@@ -84,7 +84,9 @@ def test_missing_file_given_explicitly_is_an_error_but_default_is_builtin(tmp_pa
         load_config(tmp_path / "nope.toml", required=True)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None)
-    assert cfg == Config() and cfg.model.kind == "tiny"
+    # the built-in defaults, with their relative folders pinned to where wan22bot started
+    assert cfg == resolve_paths(Config(), tmp_path) and cfg.model.kind == "tiny"
+    assert cfg.paths.state == tmp_path / "state"
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
