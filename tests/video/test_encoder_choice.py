@@ -85,3 +85,15 @@ def test_auto_still_makes_the_video_when_nvenc_passes_the_probe_but_refuses_the_
     with pytest.raises(ConfigError, match='"nvenc" but h264_nvenc failed to open for 64x64 .*set generation.encoder'):
         Mp4Writer(tmp_path / "n.mp4", 64, 64, 16, EncodeSettings(encoder="nvenc"))
     assert not (tmp_path / "n.mp4").exists() and not list(tmp_path.glob(".*.part"))
+
+
+@needs_no_nvenc
+def test_check_names_the_encoder_and_refuses_a_forced_nvenc(tmp_path):
+    from wan22bot.commands.check import run_checks
+    from wan22bot.config import Config, ModelConfig, PathsConfig
+
+    paths = PathsConfig(input=tmp_path / "in", output=tmp_path / "out", state=tmp_path / "state")
+    auto = run_checks(Config(paths=paths, model=ModelConfig(device="cpu")))
+    assert any(m.startswith("video encoder libx264 (NVENC not used: ") for m in auto.ok)
+    forced = run_checks(Config(paths=paths, model=ModelConfig(device="cpu"), generation=GenerationConfig(encoder="nvenc")))
+    assert any(e.startswith('generation.encoder is "nvenc" but ') for e in forced.errors)

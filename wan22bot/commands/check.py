@@ -145,6 +145,17 @@ def run_checks(cfg: Config) -> Report:
         else:
             rep.ok.append(f"http on {h.host}:{h.port}" + ("" if local else " (bearer token required)"))
 
+    # video encoder: a forced NVENC that cannot open would fail every job
+    from ..errors import ConfigError
+    from ..video import choose_codec, nvenc_problem
+
+    try:
+        codec = choose_codec(cfg.generation.encoder)
+        why = "" if codec != "libx264" or cfg.generation.encoder != "auto" else f" (NVENC not used: {nvenc_problem()})"
+        rep.ok.append(f"video encoder {codec}{why}")
+    except ConfigError as exc:
+        rep.errors.append(str(exc))
+
     # scheduler
     s = cfg.scheduler
     rep.ok.append(
