@@ -10,7 +10,7 @@ from wan22bot.engine.components import Components, check_model_files, load_compo
 from wan22bot.engine.generator import GenerationRequest, TwoPassGenerator
 from wan22bot.engine.model_files import candidates, lora_paths, resolve_model_files
 from wan22bot.engine.tokenizer import SentencePieceUMT5Tokenizer
-from wan22bot.errors import ConfigError
+from wan22bot.errors import ConfigError, ModelError
 
 from ..core.helpers import small_photo
 from . import writers as W
@@ -162,7 +162,7 @@ def test_check_reports_each_layout_and_a_finite_forward(comfy_models):
     assert any("no LoRA" in w for w in rep.warnings)
 
 
-def test_check_catches_a_forward_that_is_not_finite(tmp_path, expert_high):
+def test_check_catches_a_forward_that_is_not_finite(tmp_path, expert_high, comfy_models):
     """A file the header check accepts but whose numbers are broken is stopped before any render."""
     from wan22bot.engine.model_check import check_model
 
@@ -174,10 +174,19 @@ def test_check_catches_a_forward_that_is_not_finite(tmp_path, expert_high):
     assert any("not the UMT5-XXL text encoder" in e for e in rep.errors)
     from wan22bot.engine.model_check import forward_is_finite
 
-    problem = forward_is_finite("high_noise", bad, torch.float32)
-    assert "NaN/inf" in problem and "blocks.0.attn1.to_q.weight" in problem
+    with pytest.raises(ModelError, match=r"blocks\.0\.self_attn\.q\.weight holds NaN/inf"):
+        forward_is_finite("high_noise", bad, torch.float32)
+    rep = check_model(real(high_noise=bad, comfyui=comfy_models[0]), dtype=torch.float32)
+    assert len(rep.errors) == 1 and rep.errors[0].startswith(f"high_noise: {bad}: ") and "NaN/inf" in rep.errors[0]
+    assert sum("one test forward is finite" in m for m in rep.ok) == 3  # the other three parts
     good, _ = W.quantise(W.expert_sd(expert_high), "fp8_scaled")
     assert forward_is_finite("high_noise", W.save(good, tmp_path / "good.safetensors"), torch.float32) is None
+    # finite weights whose forward overflows (a scale off by 1e30): caught by the output check
+    huge = dict(good)
+    for k in [k for k in huge if k.endswith("ffn.0.scale_weight")]:
+        huge[k] = huge[k] * 1e30
+    problem = forward_is_finite("high_noise", W.save(huge, tmp_path / "huge.safetensors"), torch.float32)
+    assert problem is not None and "test forward gives NaN/inf" in problem
 
 
 def test_the_four_files_alone_load_with_no_folder(comfy_models):

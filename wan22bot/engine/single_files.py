@@ -69,6 +69,10 @@ def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str
         if tuple(t.shape) != want:
             raise ModelError(f"{ckpt.path}: {src} has shape {list(t.shape)}, the {what} needs {list(want)}; "
                              "the file does not match its own architecture (damaged?)")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            # a scale read wrongly or a damaged file: never let it reach a render
+            raise ModelError(f"{ckpt.path}: {src} holds NaN/inf values after reading it as "
+                             f"{ckpt.layout.describe()}; the file is damaged, re-download it")
         sd[key] = t
     for key, same_as in tied.items():
         sd[key] = sd[same_as]
