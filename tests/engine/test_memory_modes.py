@@ -33,10 +33,10 @@ def test_mode_matches_resident(mode, resident_frames):
     assert g.memory_mode == mode
     assert torch.equal(out.frames, resident_frames)
     if mode == "swap":
-        # one expert "on the device" at a time, the text encoder parked after the prompt
+        # nothing big is left on the device after a video: the decoder's working memory must not
+        # sit on top of an expert (a 32 GB card overflowed there), the text encoder left after the prompt
         assert set(g.swaps) == {"text_encoder", "transformer", "transformer_2"}
-        assert g.swaps["transformer_2"].on_device and not g.swaps["transformer"].on_device
-        assert not g.swaps["text_encoder"].on_device
+        assert not any(sw.on_device for sw in g.swaps.values())
         assert "swap" in out.timings
         again = g.generate(_request())  # the second video swaps the high-noise expert back in
         assert torch.equal(again.frames, resident_frames)
@@ -70,3 +70,39 @@ def test_auto_mode_choice_by_free_memory():
 
 def test_activation_estimate_grows_with_frames_and_size():
     assert activation_bytes(832, 1216, 81) > activation_bytes(832, 1216, 25) > activation_bytes(416, 608, 25)
+
+
+def test_swap_holds_one_module_at_a_time_and_none_while_decoding():
+    """The memory bookkeeping behind the 32 GB configuration, checked at each stage of a render."""
+    g = TwoPassGenerator(ModelConfig(memory="swap"))
+    seen: dict[str, set[str]] = {}
+
+    def progress(p):
+        seen.setdefault(p.stage, set()).update(k for k, sw in g.swaps.items() if sw.on_device)
+
+    g.generate(_request(), progress=progress)
+    assert seen["text_encode"] == {"text_encoder"}
+    assert seen["image_encode"] == set()
+    assert seen["pass1"] == {"transformer"}
+    assert seen["pass2"] == {"transformer_2"}
+    assert seen["vae_decode"] == set()
+
+
+def test_pinned_swap_keeps_state_a_layer_wrote_while_on_the_device():
+    """fp8 calibration (amax history) lives in a buffer: a swap must not roll it back to zeros,
+    which would make every later activation scale 0 and the video garbage."""
+    from wan22bot.engine.fp8_linear import FP8Linear
+
+    torch.manual_seed(0)
+    layer = FP8Linear(torch.nn.Linear(16, 8).to(torch.bfloat16), use_scaled_mm=True, scaling="static")
+    model = torch.nn.Sequential(layer)
+    sw = PinnedSwap(model, torch.device("cpu"))
+    sw.load()
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    first = model(x)
+    calibrated = layer.amax_history.clone()
+    assert calibrated[0] > 0
+    sw.evict()
+    sw.load()
+    assert torch.equal(layer.amax_history, calibrated)
+    assert torch.equal(model(x), first)

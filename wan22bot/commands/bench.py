@@ -139,7 +139,12 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
             med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
             row = {"frames": f, "video_seconds": warm.frames / warm.fps, "fps": warm.fps, "warmup": warm.timings,
                    "runs": runs, "median": med,
-                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+                   "peak_gib": None, "stage_peak_gib": {}}
+            timer = renderer.generator.last_timer
+            if timer is not None and timer.peak_gib:
+                # each stage resets the device's peak counter: the render's peak is the largest
+                row["stage_peak_gib"] = dict(timer.peak_gib)
+                row["peak_gib"] = max(timer.peak_gib.values())
             if f in baseline:
                 row["stock_pass_s"] = baseline[f]
                 row["speedup_pass1"] = baseline[f] / med["pass1"] if med["pass1"] else None
@@ -160,6 +165,8 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         if "stock_pass_s" in r:
             line += f" {r['stock_pass_s']:>10.2f} {r['speedup_pass1']:>6.2f}"
         print(line)
+        if r.get("stage_peak_gib"):
+            print("       peak GiB by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stage_peak_gib"].items()))
     result = {
         "label": label.strip(" ()") or "model weights",
         "device": str(gen.device),

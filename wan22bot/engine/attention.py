@@ -181,15 +181,21 @@ def _install(model: torch.nn.Module, name: str) -> None:
     install_core(model, core_for(name))
 
 
-def choose_auto(device: torch.device, checker=self_check) -> AttentionChoice:
+def auto_candidate_reason(name: str, device: torch.device) -> str | None:
+    """Why `auto` must pass over `name` before even trying it (None: try it)."""
+    why = unavailable_reason(name, device)
+    if why is None and name == "sage" and sage_major() < 2:
+        why = f"sageattention {sage_version()} is 1.x (slower than cuDNN on Hopper; auto wants 2.x)"
+    return why
+
+
+def choose_auto(device: torch.device, checker=self_check, reason=auto_candidate_reason) -> AttentionChoice:
     """Sage 2.x, then FA3 bf16, then SDPA: the first candidate installed here that passes a self-check."""
     if device.type != "cuda":
         return AttentionChoice("auto", "sdpa")
     skipped = []
     for name in AUTO_ORDER:
-        why = unavailable_reason(name, device)
-        if why is None and name == "sage" and sage_major() < 2:
-            why = f"sageattention {sage_version()} is 1.x (slower than cuDNN on Hopper; auto wants 2.x)"
+        why = reason(name, device)
         if why is not None:
             skipped.append(f"{name}: {why}")
             continue

@@ -76,6 +76,8 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("amax_history", torch.zeros(AMAX_HISTORY, device=q.device))
         self.calibrated = False  # a Python flag: torch.compile specialises on it (one recompile)
+        # State written while running: a PinnedSwap copies these back when the layer leaves the GPU.
+        self.mutable_buffers = ("amax_history",)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.data.clone(), requires_grad=False)
         dev = linear.weight.device
         self.use_scaled_mm = fp8_matmul_supported(dev) if use_scaled_mm is None else use_scaled_mm

@@ -117,6 +117,7 @@ class TwoPassGenerator:
         self.memory_mode = "resident"
         self.swaps: dict = {}
         self.attention: dict = {}  # "high"/"low" -> AttentionChoice, set at load
+        self.last_timer: StageTimer | None = None  # the last render's stages (peak memory per stage)
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -281,10 +282,11 @@ class TwoPassGenerator:
                 gc.collect()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                raise OutOfMemory(
-                    f"the GPU ran out of memory at {req.width}x{req.height}, {req.frames} frames; lower the "
-                    "frame count, or set model.memory = \"swap\" or model.weights = \"fp8\""
-                ) from None
+                from .memory import oom_advice
+
+                timer = getattr(self, "last_timer", None)
+                raise OutOfMemory(oom_advice(timer.current if timer else None, self.memory_mode, self.cfg.weights,
+                                             req.width, req.height, req.frames)) from None
 
     @torch.no_grad()
     def _generate(self, req: GenerationRequest, progress: ProgressFn, should_cancel: CancelFn,
@@ -292,7 +294,7 @@ class TwoPassGenerator:
         pipe, comps, dev = self.pipe, self.components, self.device
         assert pipe is not None and comps is not None
         self._set_lora(req.lora)
-        timer = StageTimer(dev)
+        timer = self.last_timer = StageTimer(dev)
         H, W, F = req.height, req.width, req.frames
         cfg_on = req.cfg > 1.0
         msl = req.max_sequence_length or comps.max_sequence_length
@@ -353,6 +355,12 @@ class TwoPassGenerator:
                     latents = scheduler.step(v.float(), t, latents, return_dict=False)[0]
                     progress(Progress(stage, k + 1, len(indices), i + 1, req.steps))
 
+        if self.swaps:
+            # The decoder's working memory (11 GiB at 81 frames) must not sit on top of an expert
+            # on a 32 GB card; the expert comes back in ~0.3 s at the next job's pass.
+            with timer.stage("swap"):
+                self._drop("transformer")
+                self._drop("transformer_2")
         if should_cancel():
             raise Cancelled("cancelled before decoding")
         if sink is not None:

@@ -66,6 +66,11 @@ class PinnedSwap:
         for name, b in self.module.named_buffers(recurse=True):
             yield name, b
 
+    def _current(self, name: str) -> torch.Tensor:
+        mod_name, _, leaf = name.rpartition(".")
+        mod = self.module.get_submodule(mod_name) if mod_name else self.module
+        return getattr(mod, leaf)
+
     def _assign(self, name: str, value: torch.Tensor) -> None:
         mod_name, _, leaf = name.rpartition(".")
         mod = self.module.get_submodule(mod_name) if mod_name else self.module
@@ -86,8 +91,16 @@ class PinnedSwap:
         self.on_device = True
         return time.perf_counter() - t0
 
+    def _mutable(self, name: str) -> bool:
+        """Buffers a module updates while it runs (fp8 calibration state) must survive a swap."""
+        mod_name, _, leaf = name.rpartition(".")
+        mod = self.module.get_submodule(mod_name) if mod_name else self.module
+        return leaf in getattr(mod, "mutable_buffers", ())
+
     def evict(self) -> None:
         for name, host in self.host.items():
+            if self.on_device and self._mutable(name):
+                host.copy_(self._current(name))
             self._assign(name, host)
         self.on_device = False
         if self.device.type == "cuda":

@@ -1,0 +1,54 @@
+"""The out-of-memory message names the stage and only gives advice that applies; the compile
+cache goes to the state folder unless the user chose one."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from wan22bot.engine.compile_cache import use_compile_cache
+from wan22bot.engine.memory import oom_advice
+from wan22bot.engine.timing import StageTimer
+
+
+def test_oom_advice_names_the_stage_and_never_repeats_the_setting_in_force():
+    msg = oom_advice("pass2", "swap", "fp8", 832, 1216, 81)
+    assert "during pass2" in msg and "832x1216, 81 frames" in msg
+    assert 'model.memory = "swap"' not in msg and 'model.weights = "fp8"' not in msg
+    assert 'model.memory = "offload"' in msg and "fewer frames than 81" in msg
+
+    msg = oom_advice("vae_decode", "swap", "fp8", 832, 1216, 81)
+    assert "offload" not in msg  # offloading the experts does not shrink the decoder
+    assert "fewer frames" in msg
+
+    msg = oom_advice("pass1", "resident", "bf16", 832, 1216, 25)
+    assert 'model.weights = "fp8"' in msg and 'model.memory = "swap"' in msg
+    assert "fewer frames" not in msg  # 25 is already the shortest video
+
+
+def test_stage_timer_knows_the_stage_it_is_in():
+    timer = StageTimer(torch.device("cpu"))
+    with timer.stage("pass1"):
+        assert timer.current == "pass1"
+    assert timer.current is None and "pass1" in timer.seconds
+    assert timer.peak_gib == {}  # peaks are read on CUDA only
+
+
+def test_compile_cache_goes_to_the_state_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    got = use_compile_cache(tmp_path / "state" / "compile-cache")
+    assert got == tmp_path / "state" / "compile-cache" and got.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(got)
+    assert os.environ["TRITON_CACHE_DIR"] == str(got / "triton")
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.fx_graph_cache is True
+
+
+def test_a_cache_folder_the_user_chose_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert use_compile_cache(tmp_path / "state") == tmp_path / "mine"
+    assert not (tmp_path / "state").exists()
