@@ -180,3 +180,21 @@ def test_wrong_file_in_the_comfyui_folder_fails_the_load_naming_it(tmp_path):
     assert "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors" in msg
     # the missing parts are each named with the paths looked at and the fix, before anything loads
     assert "no low-noise expert" in msg and "fetch-models --dest" in msg and "umt5_xxl_fp16.safetensors" in msg
+
+
+def test_a_missing_or_misshapen_tensor_is_named_before_any_weight_is_read(tmp_path, expert_high):
+    from wan22bot.engine.single_files import inspect_file
+
+    sd = {k: v.to(torch.bfloat16) for k, v in W.expert_sd(expert_high).items()}
+    del sd["blocks.1.cross_attn.norm_k.weight"]
+    sd["blocks.0.extra_thing.weight"] = torch.zeros(3)
+    path = W.save(sd, tmp_path / "damaged.safetensors")
+    with pytest.raises(ModelError) as exc:
+        inspect_file(path, "high_noise")
+    msg = str(exc.value)
+    assert "1 weight(s) the Wan 2.2 I2V expert needs are not in the file (e.g. blocks.1.attn2.norm_k.weight)" in msg
+    assert "1 tensor(s) in the file have no place in a Wan 2.2 I2V expert (e.g. blocks.0.extra_thing.weight)" in msg
+    sd = {k: v.to(torch.bfloat16) for k, v in W.expert_sd(expert_high).items()}
+    sd["blocks.1.ffn.2.bias"] = torch.zeros(7)
+    with pytest.raises(ModelError, match=r"blocks\.1\.ffn\.2\.bias has shape \[7\], the Wan 2\.2 I2V expert needs \[256\]"):
+        inspect_file(W.save(sd, tmp_path / "odd.safetensors"), "high_noise")

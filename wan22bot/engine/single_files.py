@@ -49,26 +49,11 @@ def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str
             what: str, tied: Mapping[str, str] | None = None) -> None:
     """Load `module` from `ckpt` through `mapping` (module key -> file key), strictly, in place."""
     tied = dict(tied or {})
-    expected = set(module.state_dict().keys())
-    given = set(mapping) | set(tied)
-    missing = sorted(expected - given)
-    unexpected = sorted(given - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weight(s) the {what} needs are not in the file (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            src = [mapping.get(k, k) for k in unexpected[:3]]
-            parts.append(f"{len(unexpected)} tensor(s) in the file have no place in a {what} (e.g. {', '.join(src)})")
-        raise ModelError(f"{ckpt.path}: " + "; ".join(parts) + ". It is not the file it should be, or it is damaged")
+    _check_keys(module, ckpt, mapping, what, tied)
     rule = _dtype_rule(module, dtype)
     sd: dict[str, torch.Tensor] = {}
     for key, src in mapping.items():
-        t = ckpt.tensor(src, rule(key))
-        want = tuple(module.get_parameter(key).shape if _is_param(module, key) else module.get_buffer(key).shape)
-        if tuple(t.shape) != want:
-            raise ModelError(f"{ckpt.path}: {src} has shape {list(t.shape)}, the {what} needs {list(want)}; "
-                             "the file does not match its own architecture (damaged?)")
+        t = ckpt.tensor(src, rule(key))  # shapes were checked against the module above
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             # a scale read wrongly or a damaged file: never let it reach a render
             raise ModelError(f"{ckpt.path}: {src} holds NaN/inf values after reading it as "
@@ -79,12 +64,27 @@ def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str
     module.load_state_dict(sd, strict=True, assign=True)
 
 
-def _is_param(module: torch.nn.Module, key: str) -> bool:
-    try:
-        module.get_parameter(key)
-        return True
-    except AttributeError:
-        return False
+def _check_keys(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str], what: str,
+                tied: Mapping[str, str] | None = None) -> None:
+    """Every weight the module expects is in the file and every tensor of the file has a place, with
+    the shape the module needs; a ModelError naming the first few otherwise."""
+    tied = dict(tied or {})
+    expected = module.state_dict()
+    given = set(mapping) | set(tied)
+    missing = sorted(set(expected) - given)
+    unexpected = sorted(given - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weight(s) the {what} needs are not in the file (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            src = [mapping.get(k, k) for k in unexpected[:3]]
+            parts.append(f"{len(unexpected)} tensor(s) in the file have no place in a {what} (e.g. {', '.join(src)})")
+        raise ModelError(f"{ckpt.path}: " + "; ".join(parts) + ". It is not the file it should be, or it is damaged")
+    for key, src in mapping.items():
+        if tuple(ckpt.shapes[src]) != tuple(expected[key].shape):
+            raise ModelError(f"{ckpt.path}: {src} has shape {list(ckpt.shapes[src])}, the {what} needs "
+                             f"{list(expected[key].shape)}; the file does not match its own architecture (damaged?)")
 
 
 # ---------------------------------------------------------------------------------------- experts
@@ -172,18 +172,25 @@ def load_text_encoder(path: Path, dtype: torch.dtype) -> tuple[Loaded, object | 
 
 # ---------------------------------------------------------------------------------------- inspection
 def inspect_file(path: Path, part: str) -> str:
-    """What the file for `part` is and how its weights are stored, from its header alone (fast).
+    """What the file for `part` is and how its weights are stored, from its header alone (fast: the
+    module is built on the meta device to check every key and shape, no weight is read).
 
     Raises ModelError when the file is of the wrong kind or in a layout that is not read exactly.
     """
     ckpt = open_checkpoint(path)
     if part in ("high_noise", "low_noise"):
-        what = detect_expert(ckpt.shapes, source=str(path)).describe()
+        arch = detect_expert(ckpt.shapes, source=str(path))
+        _check_keys(build_expert(arch), ckpt, expert_key_map(ckpt.names()), "Wan 2.2 I2V expert")
+        what = arch.describe()
     elif part == "vae":
         a = detect_vae(ckpt.shapes, source=str(path))
+        _check_keys(build_vae(a), ckpt, vae_key_map(ckpt.names()), "Wan 2.1 VAE")
         what = f"Wan 2.1 VAE (z_dim {a.z_dim}, base width {a.base_dim})"
     elif part == "text_encoder":
-        what = detect_text_encoder(ckpt.shapes, source=str(path)).describe()
+        t = detect_text_encoder(ckpt.shapes, source=str(path))
+        mapping, tied = text_key_map(ckpt.names())
+        _check_keys(build_text_encoder(t), ckpt, mapping, "UMT5 text encoder", tied)
+        what = t.describe()
         if not ckpt.has("spiece_model"):
             what += ", no tokenizer inside (spiece_model missing)"
     else:
