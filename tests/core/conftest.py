@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from wan22bot.config import ModelConfig
 from wan22bot.engine.generator import GenerationRequest, TwoPassGenerator
 
 from .helpers import EXAMPLE_PHOTO, CliBatch, small_photo
@@ -30,11 +29,9 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_gen() -> TwoPassGenerator:
-    """The built-in tiny model (random weights, seed 0) on the CPU, loaded once."""
-    gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu"))
-    gen.load()
-    return gen
+def tiny_gen(tiny_generator) -> TwoPassGenerator:
+    """The built-in tiny model (random weights, seed 0) on the CPU, loaded once (tests/conftest.py)."""
+    return tiny_generator
 
 
 @pytest.fixture(scope="session")

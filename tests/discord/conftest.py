@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.fakediscord import FakeDiscord, FakeInteraction
-from wan22bot.config import (Config, DiscordConfig, GenerationConfig, HttpConfig, InterpolationConfig, ModelConfig,
+from wan22bot.config import (Config, DiscordConfig, GenerationConfig, HttpConfig, InterpolationConfig,
                              PathsConfig, QueueConfig, WatchConfig)
 from wan22bot.queue import JobQueue
 from wan22bot.render import Renderer
@@ -52,15 +52,6 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
-
-
-@pytest.fixture(scope="session")
-def tiny_generator():
-    from wan22bot.engine.generator import TwoPassGenerator
-
-    gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu"))
-    gen.load()
-    return gen
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ SECONDS = re.compile(r"^\d+(\.\d+)? s$|^\d+ min \d\d s$")
 
 async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    # Many short steps and a short interval: each pass lasts several intervals even on an idle machine.
+    # Many short steps and a short interval: each pass lasts several intervals even on an idle machine
+    # (20 steps a pass; more only made the test slower).
     interval = 0.05
-    await rig.start(worker=False, generation={"steps": 200, "switch_step": 100}, fast_edits=interval)
+    await rig.start(worker=False, generation={"steps": 40, "switch_step": 20}, fast_edits=interval)
     fake = rig.fake
     progress_events = []
     rig.queue.add_listener(lambda ev: progress_events.append(ev) if ev.kind == "progress" else None)
@@ -62,8 +63,8 @@ async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog):
     assert texts[0] == f"**cat.png** (job `{job.id}`) is queued: position 2 of 2."
     # then the position moves up, the passes show their steps, and the last state lands
     assert any("next in line" in t for t in texts[1:]), texts
-    assert any(re.search(r"Pass 1 \(high noise\), step \d+/100", t) for t in texts), texts
-    assert any(re.search(r"Pass 2 \(low noise\), step \d+/100", t) for t in texts), texts
+    assert any(re.search(r"Pass 1 \(high noise\), step \d+/20", t) for t in texts), texts
+    assert any(re.search(r"Pass 2 \(low noise\), step \d+/20", t) for t in texts), texts
     assert "done in" in texts[-1]
     # at most one edit per interval (the last one excepted), never repeating itself
     gaps = [b["at"] - a["at"] for a, b in zip(edits, edits[1:])]

@@ -19,13 +19,13 @@ from .helpers import Server, make_config, png_bytes
 pytestmark = pytest.mark.slow
 
 
-async def test_upload_to_video_with_the_tiny_model(tmp_path):
+async def test_upload_to_video_with_the_tiny_model(tmp_path, tiny_generator):
     import aiohttp
 
     cfg = make_config(tmp_path, generation={"frames": 5, "width": 64, "height": 96})
     queue = JobQueue(cfg.paths.state, cfg.paths.output)
     await queue.start()
-    worker = Worker(cfg, queue, Renderer(cfg))
+    worker = Worker(cfg, queue, Renderer(cfg, generator=tiny_generator))
     src = HttpSource(cfg, queue, worker)
     await src.start()
     worker.start()

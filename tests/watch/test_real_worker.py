@@ -14,17 +14,6 @@ from wan22bot.worker import Worker
 from .conftest import photo_bytes, wait_for
 
 
-@pytest.fixture(scope="module")
-def tiny_generator():
-    """One loaded tiny model for this file's tests (loading it is most of a test's time)."""
-    from wan22bot.config import ModelConfig
-    from wan22bot.engine.generator import TwoPassGenerator
-
-    gen = TwoPassGenerator(ModelConfig())  # the model settings the rig's config has
-    gen.load()
-    return gen
-
-
 @pytest.mark.timeout(240)
 async def test_tiny_model_end_to_end(rig, tiny_generator):
     await rig.open_queue()
