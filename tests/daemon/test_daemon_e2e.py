@@ -41,7 +41,7 @@ def _broken_set(folder: Path) -> dict[str, str]:
     return {"notes.jpg": "not an image", "empty.png": "empty", "half.jpg": "truncated", "huge.png": "megapixels"}
 
 
-def test_valid_and_broken_photos_together(daemon_factory):
+def test_valid_and_broken_photos_together_then_a_config_reload(daemon_factory):
     d = daemon_factory().start()
     d.input.mkdir(exist_ok=True)
     broken = _broken_set(d.input)
@@ -65,6 +65,23 @@ def test_valid_and_broken_photos_together(daemon_factory):
         assert word in text.lower(), (n, text)
     # the daemon is still up and serving
     assert d.get("/healthz")[0] == 200
+    _sighup_reloads_config_without_dropping_the_queue(d)
+
+
+def _sighup_reloads_config_without_dropping_the_queue(d) -> None:
+    """On the same daemon (one start fewer for the suite): SIGHUP re-reads the config, a bad one
+    is refused and logged, and photos are still taken afterwards."""
+    assert d.proc is not None
+    text = d.config.read_text().replace("settle_seconds = 0.3", "settle_seconds = 0.5")
+    d.config.write_text(text)
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for(lambda: "config reloaded" in d.log.read_text(), what="reload log line")
+    d.config.write_text(text.replace("settle_seconds = 0.5", "settle_seconds = -1"))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for(lambda: "config not reloaded" in d.log.read_text(), what="bad reload refused")
+    assert "watch.settle_seconds" in d.log.read_text()
+    shutil.copy(PHOTO, d.input / "after.jpg")
+    d.wait_for(lambda: (d.output / "after.mp4").exists(), what="video after reload")
     assert d.stop() == 0
 
 
@@ -214,20 +231,3 @@ def test_sigterm_checkpoints_running_job_and_exits_zero(daemon_factory, tmp_path
     assert job["attempts"] == 1  # a clean shutdown is not the job's fault
     assert (d2.output / "long.mp4").exists()
     assert d2.stop() == 0
-
-
-def test_sighup_reloads_config_without_dropping_the_queue(daemon_factory):
-    d = daemon_factory().start()
-    assert d.proc is not None
-    text = d.config.read_text().replace("settle_seconds = 0.3", "settle_seconds = 0.5")
-    d.config.write_text(text)
-    d.proc.send_signal(signal.SIGHUP)
-    d.wait_for(lambda: "config reloaded" in d.log.read_text(), what="reload log line")
-    d.config.write_text(text.replace("settle_seconds = 0.5", "settle_seconds = -1"))
-    d.proc.send_signal(signal.SIGHUP)
-    d.wait_for(lambda: "config not reloaded" in d.log.read_text(), what="bad reload refused")
-    assert "watch.settle_seconds" in d.log.read_text()
-    d.input.mkdir(exist_ok=True)
-    shutil.copy(PHOTO, d.input / "after.jpg")
-    d.wait_for(lambda: (d.output / "after.mp4").exists(), what="video after reload")
-    assert d.stop() == 0
