@@ -77,17 +77,19 @@ class ModelConfig(_Section):
     lora_low_strength: float = Field(1.0, ge=-4.0, le=4.0)
     device: str = "auto"
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    # Weight storage: bf16 as loaded, or fp8 (e4m3, per-row scales) after the LoRA is fused.
-    weights: Literal["bf16", "fp8"] = "bf16"
+    # Weight storage: bf16 as loaded, or fp8 (e4m3) after the LoRA is fused. "auto": fp8 on a GPU
+    # with fp8 matmuls (compute capability 8.9+: RTX 40xx/50xx, H100/H200), bf16 elsewhere.
+    weights: Literal["auto", "bf16", "fp8"] = "auto"
     memory: Literal["auto", "resident", "swap", "offload"] = "auto"
     reserve_vram_gb: float = Field(4.0, ge=0.0, le=1024.0)
     attention_high: AttentionBackend = "auto"
     attention_low: AttentionBackend = "auto"
-    compile: bool = False
+    # Regional torch.compile of the experts' blocks; "auto": on for CUDA devices, off elsewhere.
+    compile: bool | Literal["auto"] = "auto"
     # fp8 linear layers: "rowwise" scales each activation row per call (most accurate); "static" uses
     # one per-tensor input scale calibrated on the layer's first call (ComfyUI --fast style, cheapest);
     # "delayed" takes the scale from the amax of earlier calls and keeps updating it.
-    fp8_scaling: Literal["rowwise", "static", "delayed"] = "rowwise"
+    fp8_scaling: Literal["rowwise", "static", "delayed"] = "static"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
     # Load at daemon start, or lazily when the first job arrives.
@@ -248,6 +250,31 @@ class SchedulerConfig(_Section):
     housekeeping_minutes: float = Field(60.0, gt=0.0)
 
 
+# Attention heads of each model kind's experts: split mode's Ulysses degree (the device count) must
+# divide them, since each device attends over whole heads. engine/tiny.py has 2; Wan 2.2 A14B 40.
+ATTENTION_HEADS = {"tiny": 2, "wan2.2-i2v-a14b": 40}
+
+
+class GpusConfig(_Section):
+    # Empty: the one device of [model] device. Several: one worker process per device
+    # ("per-device") or every device on each job ("split").
+    devices: list[str] = []
+    mode: Literal["per-device", "split"] = "per-device"
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not (d == "cpu" or (d.startswith("cuda:") and d[5:].isdigit())):
+                raise ValueError(f"'{d}' is not a device: write \"cpu\" or \"cuda:N\" (N the card's index)")
+        cuda = [d for d in v if d != "cpu"]
+        if len(set(cuda)) != len(cuda):
+            raise ValueError("a CUDA device is listed twice: give each card once")
+        if cuda and len(cuda) != len(v):
+            raise ValueError("cpu and cuda:N devices are mixed: list only cards, or only \"cpu\"")
+        return v
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     model: ModelConfig = ModelConfig()
@@ -258,6 +285,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     queue: QueueConfig = QueueConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    gpus: GpusConfig = GpusConfig()
     # The file it was read from (None: built-in defaults).
     source: Annotated[Path | None, Field(exclude=True)] = None
 
@@ -268,6 +296,27 @@ class Config(_Section):
             raise ValueError(f"[generation] frames = {n}: {frames_limit_sentence(self.model.kind)}; set "
                              f"generation.frames to {max_frames(self.model.kind)} or fewer")
         return self
+
+    @model_validator(mode="after")
+    def _split_fits_the_heads(self) -> "Config":
+        g = self.gpus
+        if g.mode != "split":
+            return self
+        n = len(g.devices)
+        if n < 2:
+            raise ValueError("[gpus] mode = \"split\" needs at least two devices: list them in gpus.devices, "
+                             "or use mode = \"per-device\"")
+        heads = ATTENTION_HEADS.get(self.model.kind)
+        if heads is not None and heads % n:
+            fits = [d for d in range(2, heads + 1) if heads % d == 0 and d <= 16]
+            raise ValueError(f"[gpus] mode = \"split\" with {n} devices: the {self.model.kind} model's "
+                             f"{heads} attention heads do not divide among {n}; use {fits} devices")
+        return self
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices jobs run on: [gpus] devices, or the one [model] device."""
+        return list(self.gpus.devices) or [self.model.device]
 
 
 # The most frames each model kind makes. The tiny model's rotary position table has 32 temporal

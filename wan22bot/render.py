@@ -131,7 +131,7 @@ class Renderer:
     def load(self) -> float:
         """Load the models (no-op when loaded); returns the seconds it took."""
         t0 = time.perf_counter()
-        if self.cfg.model.compile and not self.generator.loaded:
+        if self.generator.compile and not self.generator.loaded:
             from .engine.compile_cache import use_compile_cache
 
             use_compile_cache(self.cfg.model.compile_cache or self.cfg.paths.state / "compile-cache")

@@ -90,3 +90,22 @@ def test_convert_and_restore_round_trip_the_module_structure():
     assert restore_linears(model) == 2
     model.load_state_dict(saved, strict=True)
     assert all(type(m) is torch.nn.Linear for m in (model.blocks[0][0], model.blocks[0][2]))
+
+
+@pytest.mark.parametrize("scaling", ["rowwise", "static"])
+def test_eager_quantisation_never_holds_the_whole_activation_in_fp32(scaling):
+    """At 81 frames the FFN activation is 82,992 x 13,824: one fp32 copy of it is 4.6 GB, and the
+    unchunked path held two at once beside a 14 GB fp8 expert, which a 32 GB card cannot spare.
+    The largest single allocation of a forward must be one chunk's fp32 copy, not the whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows, fin = 40_000, 256
+    f = FP8Linear(_layer(5, fin, 32), use_scaled_mm=True, scaling=scaling)
+    x = torch.randn(rows, fin, dtype=torch.bfloat16)
+    with torch.no_grad():
+        f(x)  # calibration (static) happens outside the measured call
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            f(x)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest <= fp8.EAGER_CHUNK_ROWS * fin * 4
+    assert largest < rows * fin * 4

@@ -52,3 +52,15 @@ def test_a_cache_folder_the_user_chose_is_kept(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     assert use_compile_cache(tmp_path / "state") == tmp_path / "mine"
     assert not (tmp_path / "state").exists()
+
+
+def test_auto_defaults_pick_fp8_and_compile_only_where_they_pay():
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.generator import TwoPassGenerator, resolve_compile, resolve_weights
+
+    cpu = torch.device("cpu")
+    assert ModelConfig().weights == "auto" and ModelConfig().compile == "auto"
+    assert resolve_weights("auto", cpu) == "bf16" and resolve_compile("auto", cpu) is False
+    assert resolve_weights("fp8", cpu) == "fp8" and resolve_compile(True, cpu) is True
+    g = TwoPassGenerator(ModelConfig())
+    assert (g.weights, g.compile) == ("bf16", False)

@@ -155,8 +155,11 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
             + (f" {'Stock pass':>10} {'x':>6}" if baseline else ""))
     print(f"\nwan22bot bench{label}: {gen.components.description if gen.components else ''}")
     print(f"device {gen.device}" + (f" ({torch.cuda.get_device_name(gen.device)})" if gen.device.type == "cuda" else "")
-          + f", weights {cfg.model.weights}, memory {gen.memory_mode}, attention {cfg.model.attention_high}/"
-          f"{cfg.model.attention_low}, compile {cfg.model.compile}, model load {load_s:.1f} s")
+          + f", weights {gen.weights} (fp8 scaling {cfg.model.fp8_scaling}), memory {gen.memory_mode}, compile "
+          f"{gen.compile}, model load {load_s:.1f} s")
+    for which, choice in gen.attention.items():
+        print(f"attention, {which}-noise expert: {choice.describe()}"
+              + (f"; skipped {', '.join(choice.skipped)}" if choice.skipped else ""))
     print(head)
     for r in rows:
         m = r["median"]
@@ -174,8 +177,11 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "model": gen.components.description if gen.components else cfg.model.kind,
-        "settings": {"weights": cfg.model.weights, "memory": gen.memory_mode, "attention_high": cfg.model.attention_high,
-                     "attention_low": cfg.model.attention_low, "compile": cfg.model.compile,
+        "settings": {"weights": gen.weights, "fp8_scaling": cfg.model.fp8_scaling, "memory": gen.memory_mode,
+                     "attention_high": cfg.model.attention_high, "attention_low": cfg.model.attention_low,
+                     "attention_chosen": {k: {"backend": c.backend, "self_check_error": c.self_check_error}
+                                          for k, c in gen.attention.items()},
+                     "compile": gen.compile,
                      "width": g.width, "height": g.height},
         "model_load_s": load_s,
         "rows": rows,

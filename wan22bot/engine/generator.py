@@ -103,12 +103,29 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def resolve_weights(setting: str, device: torch.device) -> str:
+    """`auto` -> fp8 where the GPU multiplies in fp8 (half the memory, faster), else bf16."""
+    if setting != "auto":
+        return setting
+    from .fp8_linear import fp8_matmul_supported
+
+    return "fp8" if fp8_matmul_supported(device) else "bf16"
+
+
+def resolve_compile(setting, device: torch.device) -> bool:
+    """`auto` -> compile on CUDA (measured faster there), not on the CPU (compiling costs more
+    than it saves for the tiny model)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 class TwoPassGenerator:
     def __init__(self, cfg: ModelConfig, components_factory=None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         # bf16/fp16 matmuls on the CPU are slow and not what anyone benchmarks; CPU runs are fp32.
         self.dtype = DTYPES[cfg.dtype] if self.device.type == "cuda" else torch.float32
+        self.weights = resolve_weights(cfg.weights, self.device)  # "auto" decided for this device
+        self.compile = resolve_compile(cfg.compile, self.device)
         self.components: Components | None = None
         self.pipe = None
         self.loras: dict[str, FusedLora] = {}  # expert key -> its LoRA, switchable exactly
@@ -156,7 +173,7 @@ class TwoPassGenerator:
                         else A14B_EXPERT_BYTES)
         text_bytes = (module_bytes(comps.text_encoder) if isinstance(comps.text_encoder, torch.nn.Module)
                       else A14B_TEXT_BYTES)
-        if self.cfg.weights == "fp8":
+        if self.weights == "fp8":
             expert_bytes //= 2
         free = torch.cuda.mem_get_info(self.device)[0] if cuda else 1 << 62
         work = activation_bytes(comps.default_width, comps.default_height, comps.default_frames)
@@ -181,7 +198,7 @@ class TwoPassGenerator:
                 log.info("fused LoRA (strength %g) into %s: %s; originals for taking it out: %s", strength, key,
                          fl.report.render(), f"host copy, {fl.kept_bytes / 2**30:.2f} GiB" if fl.kept_bytes
                          else "re-read from the model file")
-            if self.cfg.weights == "fp8":
+            if self.weights == "fp8":
                 n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling)
                 log.info("%s: %d linear layers stored in fp8", key, n)
             if self.memory_mode == "swap":
@@ -208,7 +225,7 @@ class TwoPassGenerator:
             boundary_ratio=0.9,
         )
         self.pipe.set_progress_bar_config(disable=True)
-        if self.cfg.compile:
+        if self.compile:
             from torch import _dynamo
 
             # 25/49/81/161 frames each compile once; keep them all.
@@ -216,7 +233,7 @@ class TwoPassGenerator:
             comps.transformer.compile_repeated_blocks(fullgraph=True)
             comps.transformer_2.compile_repeated_blocks(fullgraph=True)
         log.info("model loaded in %.1f s: %s on %s (%s, weights %s, memory %s)", time.perf_counter() - t0,
-                 comps.description, self.device, str(self.dtype).removeprefix("torch."), self.cfg.weights,
+                 comps.description, self.device, str(self.dtype).removeprefix("torch."), self.weights,
                  self.memory_mode)
 
     def _bring(self, key: str) -> float:
@@ -285,7 +302,7 @@ class TwoPassGenerator:
                 from .memory import oom_advice
 
                 timer = getattr(self, "last_timer", None)
-                raise OutOfMemory(oom_advice(timer.current if timer else None, self.memory_mode, self.cfg.weights,
+                raise OutOfMemory(oom_advice(timer.current if timer else None, self.memory_mode, self.weights,
                                              req.width, req.height, req.frames)) from None
 
     @torch.no_grad()
