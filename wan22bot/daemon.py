@@ -26,9 +26,7 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .notify import Notifier
 from .queue import JobQueue
-from .render import Renderer
 from .statedir import StateLock, check_writable
-from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,8 @@ class Daemon:
         self.config_path = config_path
         self.notifier = Notifier()
         self.queue: JobQueue | None = None
-        self.renderer: Renderer | None = None
-        self.worker: Worker | None = None
+        self.renderer = None
+        self.worker = None
         self.sources: list = []
         self.scheduler = None
         self.lock = StateLock(cfg.paths.state, "daemon")
@@ -105,6 +103,10 @@ class Daemon:
             stack.push_async_callback(self.queue.close)
             await self.queue.start()
             self.queue.add_listener(self._on_event)
+            # torch and diffusers load here, after the cheap checks: a refused start takes no time
+            from .render import Renderer
+            from .worker import Worker
+
             self.renderer = Renderer(cfg)
             self.worker = Worker(cfg, self.queue, self.renderer)
             stack.push_async_callback(self._stop_worker)
@@ -156,13 +158,17 @@ class Daemon:
     async def _stop_worker(self) -> None:
         if self.worker is None:
             return
-        h = self.worker.health()
-        if not h.ok and not self.abandon_gpu:
+        health = getattr(self.worker, "health", None)
+        h = health() if health is not None else None
+        if h is not None and not h.ok and not self.abandon_gpu:
             # a stuck GPU thread would hold the stop until systemd's SIGKILL: leave it behind; its
             # job stays "running" and is recovered (attempt counted) at the next start
             log.warning("worker %s (%s): not waiting for the GPU thread", h.state, h.detail)
             self.abandon_gpu = True
-        await self.worker.stop(wait_for_gpu=not self.abandon_gpu)
+        if self.abandon_gpu:
+            await self.worker.stop(wait_for_gpu=False)
+        else:
+            await self.worker.stop()
 
     async def _stop_source(self, s) -> None:
         try:
@@ -207,7 +213,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def watchdog_tick(self) -> bool:
-        h = self.worker.health() if self.worker is not None else None
+        health = getattr(self.worker, "health", None)
+        h = health() if health is not None else None
         if h is None or h.ok:
             if not self._watchdog_ok:
                 log.info("worker healthy again (%s); watchdog pings resume", h.state if h else "no worker")
