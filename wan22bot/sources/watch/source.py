@@ -4,7 +4,6 @@ See the package docstring for the whole journey; the settle rules are in settle.
 delivery.py and the observer thread in observer.py.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +25,8 @@ from .delivery import Outside, Replaced, destination, move_if_there, short
 from .observer import reports_close, start_observer, stop_observer
 from .settle import Settler
 
+log = logging.getLogger(__name__)
+
 # A photo refused by the check and then changed inside the failed folder (its writer had not
 # finished) goes back to the queue; after this long unchanged it is no longer watched.
 REVIVE_WINDOW_SECONDS = 3600.0
@@ -39,7 +40,6 @@ class _Judged:
     note: Path | None  # its .error.txt
     at: float  # monotonic time it was judged
 
-log = logging.getLogger(__name__)
 
 class FolderSource:
     name = "watch"
@@ -63,7 +63,7 @@ class FolderSource:
         self._observer = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_inputs: set[Path] = set()
-        self.scans = 0  # completed scans of the input folder (tests and the status page can watch it)
+        self.scans = 0  # completed scans of the input folder (tests wait on it)
         self._apply(cfg)
 
     # ------------------------------------------------------------------ config
