@@ -103,12 +103,17 @@ class Daemon:
             stack.push_async_callback(self.queue.close)
             await self.queue.start()
             self.queue.add_listener(self._on_event)
-            # torch and diffusers load here, after the cheap checks: a refused start takes no time
-            from .render import Renderer
-            from .worker import Worker
+            if len(cfg.devices) > 1 or cfg.gpus.mode == "split":
+                from .gpus.supervisor import WorkerPool  # a worker process per device (or a split group)
 
-            self.renderer = Renderer(cfg)
-            self.worker = Worker(cfg, self.queue, self.renderer)
+                self.worker = WorkerPool(cfg, self.queue)
+            else:
+                # torch and diffusers load here, after the cheap checks: a refused start takes no time
+                from .render import Renderer
+                from .worker import Worker
+
+                self.renderer = Renderer(cfg)
+                self.worker = Worker(cfg, self.queue, self.renderer)
             stack.push_async_callback(self._stop_worker)
 
             if cfg.model.load == "start":

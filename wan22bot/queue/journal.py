@@ -50,6 +50,7 @@ COLUMNS = ("seq, id, state, spec, created, started, finished, attempts, error, r
 ADDED_COLUMNS = (
     ("delivery_attempts", "INTEGER NOT NULL DEFAULT 0"),  # failed tries to hand the result back
     ("delivery_error", "TEXT"),  # set when delivery was given up: why
+    ("claimed_by", "TEXT"),  # which worker process holds a running job (several share one journal)
 )
 
 # The next job: round-robin over lanes (the lane served longest ago first), FIFO within a lane.
@@ -131,11 +132,13 @@ class Journal:
         seq = self._tx(tx)
         return Job(id=jid, seq=seq, state=JobState.queued, spec=spec, created=now, content_hash=content_hash)
 
-    def claim_next(self) -> Job | None:
+    def claim_next(self, owner: str | None = None) -> Job | None:
         """Mark the next job running and return it. Round-robin over lanes (source:user), FIFO within.
 
         The lane served longest ago goes first (never-served lanes before all), so one Discord user
-        with ten photos queued cannot starve the watched folder.
+        with ten photos queued cannot starve the watched folder. The select and the update are one
+        BEGIN IMMEDIATE transaction, so processes sharing the file never claim the same job; `owner`
+        names the claiming worker process, so its jobs can be put back when it dies.
         """
 
         def tx(db: sqlite3.Connection) -> Job | None:
@@ -144,8 +147,8 @@ class Journal:
                 return None
             job = _row_to_job(row)
             now = time.time()
-            db.execute("UPDATE jobs SET state='running', started=?, attempts=attempts+1, progress=NULL WHERE id=?",
-                       (now, job.id))
+            db.execute("UPDATE jobs SET state='running', started=?, attempts=attempts+1, progress=NULL, "
+                       "claimed_by=? WHERE id=?", (now, owner, job.id))
             job.claimed_from = job.started  # what unclaim() puts back
             job.state, job.started, job.attempts, job.progress = JobState.running, now, job.attempts + 1, {}
             return job
@@ -168,6 +171,27 @@ class Journal:
         """Back to the queue (shutdown checkpoint or crash recovery)."""
         dec = "" if count_attempt else ", attempts = MAX(attempts - 1, 0)"
         self._q(f"UPDATE jobs SET state='queued', progress=NULL {dec} WHERE id=?", (job_id,))
+
+    def release_owned(self, owner: str, max_attempts: int) -> tuple[list[str], list[str]]:
+        """A worker process died: its running jobs go back to the queue (the attempt it spent
+        counts), or fail once they have had `max_attempts`. Returns (requeued, failed)."""
+
+        def tx(db: sqlite3.Connection):
+            rows = db.execute("SELECT id, attempts FROM jobs WHERE state='running' AND claimed_by=?",
+                              (owner,)).fetchall()
+            requeued, failed = [], []
+            for jid, attempts in rows:
+                if attempts >= max_attempts:
+                    db.execute("UPDATE jobs SET state='failed', finished=?, error=? WHERE id=?",
+                               (time.time(), f"gave up after {attempts} attempts: the worker process on "
+                                             f"{owner} died while running this job each time", jid))
+                    failed.append(jid)
+                else:
+                    db.execute("UPDATE jobs SET state='queued', progress=NULL, claimed_by=NULL WHERE id=?", (jid,))
+                    requeued.append(jid)
+            return requeued, failed
+
+        return self._tx(tx)
 
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """At start: jobs left 'running' by a crash go back to the queue, or fail after max_attempts."""

@@ -1,0 +1,225 @@
+"""A worker process: one device (per-device mode) or one rank of a split group.
+
+Started by the supervisor as `python -m wan22bot.gpus.procworker` with CUDA_VISIBLE_DEVICES and
+the NCCL/NVSHMEM variables already in its environment: a fresh interpreter, so nothing can have
+initialised CUDA before they are read. The first stdin line is an Init; after that stdin carries
+commands and stdout events (protocol.py).
+
+Per-device, and rank 0 of a split group: open the job journal (the same SQLite file the daemon
+uses), claim the next job atomically under this worker's name, render it, report the outcome; the
+daemon settles the job and delivers it. Ranks > 0 only run the expert calls rank 0 announces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from . import protocol as P
+
+log = logging.getLogger("wan22bot.gpus.procworker")
+BEAT_SECONDS = 2.0  # memory and liveness report while idle or busy
+POLL_SECONDS = 5.0  # re-check the journal this often even without a wake (a job requeued elsewhere)
+
+
+class Channel:
+    """Events to the daemon (thread-safe) and the commands it sends."""
+
+    def __init__(self, out: IO[bytes]):
+        self._out = out
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.cancelled: set[str] = set()
+        self.gone = False  # the daemon closed our stdin (it died or is stopping hard)
+
+    def send(self, ev: P.Event) -> None:
+        with self._lock:
+            try:
+                self._out.write(P.encode(ev))
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.gone = True
+                self.stopping.set()
+
+    def read_commands(self, stream: IO[str]) -> None:
+        for line in stream:
+            if not line.strip():
+                continue
+            cmd = P.decode_command(line)
+            if cmd.t == "wake":
+                self.wake.set()
+            elif cmd.t == "cancel" and cmd.job:
+                self.cancelled.add(cmd.job)
+            elif cmd.t == "stop":
+                self.stopping.set()
+                self.wake.set()
+        self.gone = True
+        self.stopping.set()
+        self.wake.set()
+
+
+def memory(device: Any) -> dict[str, int]:
+    """Bytes in use: the card's allocator on CUDA, the process's resident set on the CPU."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda" and torch.cuda.is_initialized():
+        free, total = torch.cuda.mem_get_info(device)
+        return {"allocated": int(torch.cuda.memory_allocated(device)),
+                "reserved": int(torch.cuda.memory_reserved(device)), "total": int(total)}
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return {"rss": pages * os.sysconf("SC_PAGE_SIZE")}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+def _beat(ch: Channel, status: dict[str, Any], device_ref: list) -> None:
+    while not ch.stopping.wait(BEAT_SECONDS):
+        ch.send(P.Event("state", state=status["state"], job=status.get("job"),
+                        memory=memory(device_ref[0]) if device_ref else {}))
+
+
+def _render_job(cfg, renderer, journal_job, ch: Channel, status: dict[str, Any]) -> P.Event:
+    from ..errors import Cancelled, DiskFull, Wan22Error
+    from ..fsutil import fsync_dir
+
+    job = journal_job
+    spec = job.spec
+    output_dir = Path(cfg.paths.output).absolute()
+
+    def progress(p) -> None:
+        ch.send(P.Event("progress", job=job.id, stage=p.stage, step=p.step, steps=p.steps))
+
+    def should_cancel() -> bool:
+        return job.id in ch.cancelled or ch.stopping.is_set()
+
+    try:
+        result = renderer.render(Path(spec.input_path), spec.name, output_dir, spec.options, progress=progress,
+                                 should_cancel=should_cancel,
+                                 meta={"job_id": job.id, "source": spec.source, "user": spec.user,
+                                       "worker": status["name"]},
+                                 photo_name=spec.original_name)
+        fsync_dir(output_dir)
+    except Cancelled as exc:
+        if job.id in ch.cancelled:
+            return P.Event("settled", job=job.id, outcome="cancelled", error="cancelled")
+        log.info("job %s: checkpointed (%s)", job.id, exc)
+        return P.Event("settled", job=job.id, outcome="checkpoint")
+    except (DiskFull, Wan22Error) as exc:
+        return P.Event("settled", job=job.id, outcome="failed", error=str(exc))
+    except Exception as exc:  # a bug: this job fails, the process goes on
+        log.exception("job %s: internal error", job.id)
+        return P.Event("settled", job=job.id, outcome="failed", error=f"internal error: {type(exc).__name__}: {exc}")
+    return P.Event("settled", job=job.id, outcome="done", result=result.model_dump(mode="json"))
+
+
+def _init_group(init: P.Init, device) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    # Followers wait in a broadcast between jobs, for as long as the queue stays empty.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=init.rank,
+                            world_size=init.world_size, timeout=datetime.timedelta(days=365))
+
+
+def serve(init: P.Init, ch: Channel) -> int:
+    from ..config import config_from_dict
+    from ..queue.journal import Journal
+    from ..render import Renderer
+
+    data = dict(init.config)
+    split = init.world_size > 1
+    local = "cpu" if init.device == "cpu" else (f"cuda:{init.rank}" if split else "cuda:0")
+    data["model"] = {**data.get("model", {}), "device": local}
+    if split:
+        # collectives inside compiled blocks are not measured yet: split runs eager
+        data["model"]["compile"] = False
+    cfg = config_from_dict(data, f"worker {init.name}")
+    status: dict[str, Any] = {"name": init.name, "state": "loading", "job": None}
+    device_ref: list = []
+    threading.Thread(target=_beat, args=(ch, status, device_ref), name="beat", daemon=True).start()
+    ch.send(P.Event("state", state="loading"))
+    renderer = Renderer(cfg)
+    if split:
+        import torch
+
+        if local.startswith("cuda"):
+            torch.cuda.set_device(torch.device(local))
+        _init_group(init, torch.device(local))
+    load_seconds = renderer.load()
+    gen = renderer.generator
+    device_ref.append(gen.device)
+    leader = None
+    if split:
+        from ..errors import ModelError
+        from .split import HIGH, LOW, Leader, follow, make_sequence_parallel
+
+        if gen.swaps or gen.memory_mode != "resident":
+            raise ModelError(f"split mode needs both experts resident on every device, but memory mode "
+                             f"'{gen.memory_mode}' was chosen; set [model] memory = \"resident\" or use per-device")
+        experts = {HIGH: gen.components.transformer, LOW: gen.components.transformer_2}
+        for model in experts.values():
+            make_sequence_parallel(model, init.rank, init.world_size)
+        if init.rank > 0:
+            status["state"] = "following"
+            ch.send(P.Event("state", state="following", memory=memory(gen.device), load_seconds=load_seconds))
+            follow(experts, gen.device)
+            return 0
+        leader = Leader(experts, gen.device)
+
+    journal = Journal(Path(cfg.paths.state).absolute() / "jobs.sqlite")
+    status["state"] = "idle"
+    ch.send(P.Event("state", state="idle", memory=memory(gen.device), load_seconds=load_seconds))
+    try:
+        while not ch.stopping.is_set():
+            ch.wake.clear()
+            job = journal.claim_next(owner=init.name)
+            if job is None:
+                ch.wake.wait(POLL_SECONDS)
+                continue
+            status.update(state="busy", job=job.id)
+            ch.send(P.Event("claimed", job=job.id, memory=memory(gen.device)))
+            t0 = time.perf_counter()
+            outcome = _render_job(cfg, renderer, job, ch, status)
+            log.info("job %s: %s in %.1f s", job.id, outcome.outcome, time.perf_counter() - t0)
+            ch.cancelled.discard(job.id)
+            status.update(state="idle", job=None)
+            outcome.memory = memory(gen.device)
+            ch.send(outcome)
+    finally:
+        if leader is not None:
+            leader.stop()
+        journal.close()
+    return 0
+
+
+def main() -> int:
+    # The protocol owns the original stdout; anything else printing to fd 1 lands on stderr.
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    init = P.decode_command(sys.stdin.readline())
+    assert isinstance(init, P.Init), "the first line must be an init message"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s [{init.name}] %(name)s: %(message)s")
+    ch = Channel(out)
+    threading.Thread(target=ch.read_commands, args=(sys.stdin,), name="commands", daemon=True).start()
+    try:
+        return serve(init, ch)
+    except Exception as exc:
+        log.exception("worker %s cannot go on", init.name)
+        ch.send(P.Event("fatal", error=f"{type(exc).__name__}: {exc}"))
+        return 3
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)  # a render's stray non-daemon threads (encoder) must not hold the exit
