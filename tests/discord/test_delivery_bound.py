@@ -15,7 +15,7 @@ from wan22bot.sources.discord import source as source_mod
 async def test_a_result_refused_again_and_again_becomes_undeliverable_with_the_reason(rig, monkeypatch):
     # the real schedule is minutes to hours apart; the bound and the code path are the same
     monkeypatch.setattr(source_mod, "RETRY_DELAYS", (0.05, 0.05, 0.05, 0.05))
-    monkeypatch.setattr(delivery_mod, "MAX_DELIVERY_ATTEMPTS", 3)
+    monkeypatch.setattr(delivery_mod, "MAX_DELIVERY_ATTEMPTS", 3, raising=False)
     await rig.start()
     fake = rig.fake
     # the status edits work; every upload of the video is refused as rate-limited
@@ -43,7 +43,7 @@ async def test_a_result_refused_again_and_again_becomes_undeliverable_with_the_r
 
 async def test_a_result_that_gets_through_on_a_retry_is_delivered_normally(rig, monkeypatch):
     monkeypatch.setattr(source_mod, "RETRY_DELAYS", (0.05, 0.05, 0.05, 0.05))
-    monkeypatch.setattr(delivery_mod, "MAX_DELIVERY_ATTEMPTS", 3)
+    monkeypatch.setattr(delivery_mod, "MAX_DELIVERY_ATTEMPTS", 3, raising=False)
     await rig.start()
     rig.fake.fail_next("POST /webhooks/", 429, message="You are being rate limited.", count=2)
     await rig.animate()
