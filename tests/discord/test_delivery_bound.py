@@ -27,7 +27,7 @@ async def test_a_result_refused_again_and_again_becomes_undeliverable_with_the_r
     deadline = time.monotonic() + WAIT
     while True:
         job = await rig.queue.get(job.id)
-        if job.delivery_error:
+        if getattr(job, "delivery_error", None):  # (code without the bound has no such field)
             break
         assert time.monotonic() < deadline, "the job was never given up on"
         await asyncio.sleep(0.05)
