@@ -81,7 +81,10 @@ def run(tmp_path_factory):
         r.term_t = time.monotonic()
         r.exit_code = d.stop(signal.SIGTERM, timeout=60)
         r.exit_t = time.monotonic()
-        time.sleep(0.3)  # the last datagrams are already queued on the socket
+        try:  # the daemon has exited, so its last datagram is on the socket: wait until it is read
+            sock.wait_for(lambda g: g.fields.get("STOPPING") == "1", 5, "STOPPING=1")
+        except AssertionError:  # its absence fails test_sigterm_sends_stopping_and_exits_0 alone
+            pass
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
