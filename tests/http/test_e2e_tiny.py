@@ -33,17 +33,20 @@ async def test_upload_to_video_with_the_tiny_model(tmp_path, tiny_generator):
     srv = Server(src, session)
     try:
         seen: list[dict] = []
+        subscribed = asyncio.Event()
 
         async def listen():
             async with session.get(srv.url("/api/events")) as r:
                 async for line in r.content:
+                    if line.startswith(b"retry:"):  # written once the stream is subscribed
+                        subscribed.set()
                     if line.startswith(b"data: "):
                         seen.append(json.loads(line[6:]))
                         if seen[-1]["kind"] in ("done", "failed"):
                             return
 
         events = asyncio.create_task(listen())
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(subscribed.wait(), 10)
         status, job, headers = await srv.upload(png_bytes(80, 120), "beach.png", prompt="the sea", seed=3)
         assert status == 202, job
 
