@@ -187,8 +187,8 @@ class JobQueue:
             except asyncio.CancelledError:
                 try:
                     claimed = await fut
-                except asyncio.CancelledError:
-                    claimed = None  # never started in the journal thread
+                except (asyncio.CancelledError, Exception):
+                    claimed = None  # never started in the journal thread, or failed there: nothing to undo
                 if claimed is not None:
                     await loop.run_in_executor(self._db, self.journal.unclaim, claimed)
                     log.info("job %s: claim undone by shutdown; still queued", claimed.id)
