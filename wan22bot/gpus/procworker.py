@@ -145,7 +145,9 @@ def serve(init: P.Init, ch: Channel) -> int:
     status: dict[str, Any] = {"name": init.name, "state": "loading", "job": None}
     device_ref: list = []
     threading.Thread(target=_beat, args=(ch, status, device_ref), name="beat", daemon=True).start()
-    ch.send(P.Event("state", state="loading"))
+    from .supervisor import DEVICE_ENV
+
+    ch.send(P.Event("state", state="loading", env={k: os.environ.get(k, "") for k in DEVICE_ENV}))
     renderer = Renderer(cfg)
     if split:
         import torch
@@ -170,7 +172,13 @@ def serve(init: P.Init, ch: Channel) -> int:
         if init.rank > 0:
             status["state"] = "following"
             ch.send(P.Event("state", state="following", memory=memory(gen.device), load_seconds=load_seconds))
-            follow(experts, gen.device)
+            calls = [0]
+
+            def followed() -> None:  # the count shows in the status: proof the rank takes part
+                calls[0] += 1
+                ch.send(P.Event("state", state="following", step=calls[0]))
+
+            follow(experts, gen.device, followed)
             return 0
         leader = Leader(experts, gen.device)
 

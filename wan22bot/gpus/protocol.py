@@ -51,6 +51,7 @@ class Event:
     result: dict[str, Any] | None = None
     memory: dict[str, int] = field(default_factory=dict)
     load_seconds: float | None = None
+    env: dict[str, str] | None = None  # first "state": the device variables the process started with
 
 
 def encode(msg: Init | Command | Event) -> bytes:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # NVLink multicast stays off in every process we launch (see the README's "Several GPUs").
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)
+# what a worker process reports back of its environment (shown in the status)
+DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", *MULTICAST_OFF)
 STOP_GRACE_SECONDS = 60.0  # a checkpoint waits for the running step to end
 
 
@@ -85,6 +87,8 @@ class WorkerProc:
     memory: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     jobs_done: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # DEVICE_ENV as the process saw it
+    calls: int = 0  # split mode, ranks > 0: expert calls run for rank 0
     load_seconds: float | None = None
     last_error: str | None = None
     last_progress: float = field(default_factory=time.monotonic)
@@ -97,6 +101,7 @@ class WorkerProc:
         return {"name": self.name, "device": self.device, "state": self.state, "pid": self.pid,
                 "busy": self.job is not None, "job": self.job.id if self.job else None,
                 "memory": self.memory, "restarts": self.restarts, "jobs_done": self.jobs_done,
+                "expert_calls": self.calls, "env": self.env,
                 "load_seconds": self.load_seconds, "error": self.last_error}
 
     def send(self, cmd: P.Command) -> None:
@@ -292,6 +297,10 @@ class WorkerPool:
             # busy/idle follow the claim and settle lines; a beat written just before one of those
             # must not undo it
             p.state = ("busy" if p.job is not None else "idle") if ev.state in ("busy", "idle") else (ev.state or p.state)
+            if ev.env is not None:
+                p.env = ev.env
+            if ev.state == "following" and ev.step:
+                p.calls = ev.step
             if ev.load_seconds is not None:
                 p.load_seconds = ev.load_seconds
                 log.info("worker %s: models loaded in %.1f s on %s", p.name, ev.load_seconds, p.device)
