@@ -116,7 +116,29 @@ class _StateCollector:
             busy = GaugeMetricFamily("wan22bot_worker_busy", "1 while a job is running")
             busy.add_metric([], 1.0 if getattr(worker, "current", None) is not None else 0.0)
             yield busy
+            if hasattr(worker, "states"):
+                yield from worker_process_families(worker.states())
         yield from gpu_memory_families()
+
+
+def worker_process_families(states: list[dict[str, Any]]):
+    """Per worker process ([gpus] devices): up, busy, restarts, and the memory it reported."""
+    labels = ["worker", "device"]
+    up = GaugeMetricFamily("wan22bot_worker_process_up", "1 while the process has its models resident", labels=labels)
+    busy = GaugeMetricFamily("wan22bot_worker_process_busy", "1 while the process runs a job", labels=labels)
+    restarts = GaugeMetricFamily("wan22bot_worker_process_restarts", "Times the daemon started it again",
+                                 labels=labels)
+    mem = GaugeMetricFamily("wan22bot_worker_process_memory_bytes",
+                            "Memory the process reported: allocated/reserved/total on CUDA, rss on the CPU",
+                            labels=[*labels, "kind"])
+    for s in states:
+        key = [s["name"], s["device"]]
+        up.add_metric(key, 1.0 if s["state"] in ("idle", "busy", "following") else 0.0)
+        busy.add_metric(key, 1.0 if s["busy"] else 0.0)
+        restarts.add_metric(key, float(s["restarts"]))
+        for kind, v in (s.get("memory") or {}).items():
+            mem.add_metric([*key, kind], float(v))
+    yield from (up, busy, restarts, mem)
 
 
 def gpu_memory_families():

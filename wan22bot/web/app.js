@@ -127,6 +127,12 @@ function renderStatus(st) {
     pills.push(el("span", { class: "pill", title: g.name,
       text: g.device + " " + gib(g.reserved) + " / " + gib(g.total) + " GiB reserved (" + gib(g.allocated) + " in use)" }));
   }
+  for (const w of st.workers || []) {  // one pill per worker process ([gpus] devices)
+    const mem = w.memory || {};
+    const used = mem.allocated != null ? gib(mem.allocated) + " GiB" : mem.rss != null ? gib(mem.rss) + " GiB RSS" : "";
+    pills.push(el("span", { class: "pill " + (w.state === "dead" ? "bad" : w.busy ? "ok" : ""), title: w.error || "",
+      text: w.name + " " + w.device + " " + (w.busy ? "running " + w.job : w.state) + (used ? " \u00b7 " + used : "") }));
+  }
   if (st.last_timings && st.last_timings.total) {
     pills.push(el("span", { class: "pill", text: "last job " + secs(st.last_timings.total) }));
   }

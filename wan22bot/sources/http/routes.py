@@ -105,6 +105,9 @@ class Routes:
             "queue": {"counts": counts, "depth": counts.get("queued", 0), "max_length": src.queue.max_length},
             "running": running,
             "last_timings": getattr(w, "last_timings", None),
+            # [gpus]: one entry per worker process (device, state, busy, job, memory); none in-process
+            "gpus": {"mode": src.cfg.gpus.mode, "devices": src.cfg.devices},
+            "workers": w.states() if hasattr(w, "states") else None,
             "defaults": {
                 "preset": g.preset,
                 "frames": g.frames,
