@@ -190,8 +190,8 @@ def test_loading_an_fp8_expert_holds_about_one_bf16_copy(tmp_path):
     """Loading needs about the finished model's memory, not a second copy.
 
     The fp8 tensors are read from the file's pages; reading them as heap copies left a 1.5 GB expert
-    at 1.57x its bf16 size after loading (malloc keeps the freed fp8 buffers). Here it is about
-    1.1-1.2x, the rest being allocator and interpreter noise, which varies with the threads used."""
+    at 1.57x its bf16 size after loading (malloc keeps the freed fp8 buffers); at this small size
+    the fixed interpreter and allocator overhead is about 0.15x."""
     import subprocess
     import sys
 
@@ -199,7 +199,7 @@ def test_loading_an_fp8_expert_holds_about_one_bf16_copy(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     t = {"scaled_fp8": torch.empty(0, dtype=W.E4M3)}
-    for k, s in wan_expert_shapes(dim=1024, ffn=4096, layers=16).items():
+    for k, s in wan_expert_shapes(dim=1024, ffn=4096, layers=8).items():
         if k.endswith(".weight") and len(s) == 2:
             t[k] = (torch.randn(s, generator=g) * 8).to(W.E4M3)
             t[k[: -len(".weight")] + ".scale_weight"] = torch.tensor(0.003)
@@ -210,8 +210,9 @@ def test_loading_an_fp8_expert_holds_about_one_bf16_copy(tmp_path):
     r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ratio = float(r.stdout.strip().splitlines()[-1])
-    # a second (fp8) copy would add 0.5x; allocator noise across threads is up to ~0.15x here
-    assert ratio < 1.35, ratio
+    # measured: 1.155-1.159 here; heap copies of the fp8 tensors (or full-size temporaries such as
+    # an isfinite() mask per weight) gave 1.32-1.51
+    assert ratio < 1.25, ratio
 
 
 def test_stored_tensors_are_read_from_the_file_map_not_copied(tmp_path, source):

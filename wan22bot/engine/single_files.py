@@ -54,7 +54,7 @@ def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str
     sd: dict[str, torch.Tensor] = {}
     for key, src in mapping.items():
         t = ckpt.tensor(src, rule(key))  # shapes were checked against the module above
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and t.numel() and not _finite(t):
             # a scale read wrongly or a damaged file: never let it reach a render
             raise ModelError(f"{ckpt.path}: {src} holds NaN/inf values after reading it as "
                              f"{ckpt.layout.describe()}; the file is damaged, re-download it")
@@ -62,6 +62,12 @@ def _assign(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str
     for key, same_as in tied.items():
         sd[key] = sd[same_as]
     module.load_state_dict(sd, strict=True, assign=True)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN/inf in `t`, without a temporary of its size (min/max propagate NaN and show inf)."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def _check_keys(module: torch.nn.Module, ckpt: Checkpoint, mapping: Mapping[str, str], what: str,
