@@ -9,7 +9,9 @@ import pytest
 
 from .unitfile import SYSTEMD_ANALYZE, UNIT, environment, parse_unit, security_exposure, timespan_seconds, verify
 
-needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+needs_systemd = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None,
+    reason="systemd-analyze is not installed (apt-get install systemd): the unit's verify and exposure checks skip")
 
 
 def runnable_copy(tmp_path, text: str | None = None):
