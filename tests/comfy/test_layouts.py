@@ -78,6 +78,15 @@ def test_comfy_quant_from_header_metadata(tmp_path, source):
     assert f"per-tensor weight_scale on {len(layers)} layers" in loaded.summary
 
 
+def test_header_metadata_naming_layers_without_the_prefix(tmp_path, source):
+    tensors, real = W.quantise(source, "comfy_quant", prefix=PREFIX)
+    layers = {k[len(PREFIX): -len(".comfy_quant")]: {"format": "float8_e4m3fn"}
+              for k in list(tensors) if k.endswith(".comfy_quant") and tensors.pop(k) is not None}
+    path = W.save(tensors, tmp_path / "e.safetensors",
+                  metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    _assert_exact(load_expert(path, torch.float32).module, real)
+
+
 def test_plain_fp8_without_scales_is_read_as_stored(tmp_path, source):
     tensors = {PREFIX + k: v.to(W.E4M3) if v.ndim == 2 else v.to(torch.bfloat16) for k, v in source.items()}
     path = W.save(tensors, tmp_path / "wan2.2_i2v_high_noise_14B_fp8_e4m3fn.safetensors")
@@ -107,6 +116,16 @@ def test_fp8_scaled_text_encoder_exact_with_its_tokenizer(tmp_path, spm_proto):
         b = ref(enc.input_ids, enc.attention_mask).last_hidden_state
     assert (a - b).abs().max().item() <= 1e-6
     assert "UMT5 encoder" in loaded.summary and "tokenizer from its spiece_model" in loaded.summary
+
+
+def test_text_encoder_with_the_embedding_under_the_encoder_name(tmp_path, spm_proto):
+    te = W.tiny_text_encoder(6)
+    sd = W.text_sd(te)
+    sd["encoder.embed_tokens.weight"] = sd.pop("shared.weight")
+    tensors, real = W.quantise(sd, "bf16")
+    loaded, _ = load_text_encoder(W.save(tensors, tmp_path / "umt5_xxl_fp16.safetensors"), torch.float32)
+    torch.testing.assert_close(loaded.module.shared.weight, real["encoder.embed_tokens.weight"], rtol=0, atol=0)
+    assert loaded.module.encoder.embed_tokens is loaded.module.shared
 
 
 # ------------------------------------------------------------------------------------- refusals

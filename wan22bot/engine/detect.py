@@ -235,6 +235,9 @@ def describe_text_encoder(shapes: Mapping) -> str:
 
 def detect_text_encoder(sd: Mapping, source: str = "the file") -> TextArch:
     shapes = _shapes(sd)
+    if "shared.weight" not in shapes and "encoder.embed_tokens.weight" in shapes:
+        # some exports keep the embedding only under the encoder's name; it is the same table
+        shapes["shared.weight"] = shapes["encoder.embed_tokens.weight"]
     q = "encoder.block.0.layer.0.SelfAttention.q.weight"
     rab = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     if "shared.weight" not in shapes or q not in shapes or rab not in shapes:

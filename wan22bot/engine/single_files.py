@@ -152,6 +152,8 @@ def build_text_encoder(arch: TextArch) -> torch.nn.Module:
 def text_key_map(names: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """(module key -> file key, tied module key -> module key it shares its tensor with)."""
     mapping = {k: k for k in names if k != TIED_EMBEDDING}
+    if "shared.weight" not in mapping and TIED_EMBEDDING in names:
+        mapping["shared.weight"] = TIED_EMBEDDING
     return mapping, {TIED_EMBEDDING: "shared.weight"}
 
 
@@ -161,7 +163,8 @@ def load_text_encoder(path: Path, dtype: torch.dtype) -> tuple[Loaded, object | 
 
     ckpt = open_checkpoint(path)
     arch = detect_text_encoder(ckpt.shapes, source=f"{path}")
-    if TIED_EMBEDDING in ckpt.shapes and ckpt.shapes[TIED_EMBEDDING] != ckpt.shapes["shared.weight"]:
+    if TIED_EMBEDDING in ckpt.shapes and ckpt.shapes[TIED_EMBEDDING] != ckpt.shapes.get("shared.weight",
+                                                                                     ckpt.shapes[TIED_EMBEDDING]):
         raise ModelError(f"{path}: {TIED_EMBEDDING} and shared.weight differ in shape; the file is damaged")
     model = build_text_encoder(arch)
     mapping, tied = text_key_map(ckpt.names())

@@ -234,6 +234,9 @@ def _classify(path: Path, handle, keys, dtypes, shapes, metadata) -> Checkpoint:
             if fmt not in FP8_FORMATS:
                 name = OTHER_FORMATS.get(fmt, f"an unknown format {fmt!r}")
                 raise _refuse(path, f"quantised per layer in {name} (layer {layer})")
+            if layer + ".weight" not in shapes and "model.diffusion_model." + layer + ".weight" in shapes:
+                # header metadata may name layers without the model prefix the tensors carry
+                layer = "model.diffusion_model." + layer
             w, s = layer + ".weight", layer + ".weight_scale"
             if w not in shapes or s not in shapes:
                 raise ModelError(f"{path}: the comfy_quant layer {layer} lacks {w if w not in shapes else s}; "
