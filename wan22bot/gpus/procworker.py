@@ -148,7 +148,12 @@ def serve(init: P.Init, ch: Channel) -> int:
     from .supervisor import DEVICE_ENV
 
     ch.send(P.Event("state", state="loading", env={k: os.environ.get(k, "") for k in DEVICE_ENV}))
-    renderer = Renderer(cfg)
+    factory = None
+    if init.random_weights:
+        from ..engine.random_weights import random_components as factory
+    from ..engine.generator import TwoPassGenerator
+
+    renderer = Renderer(cfg, TwoPassGenerator(cfg.model, components_factory=factory))
     if split:
         import torch
 

@@ -20,6 +20,7 @@ class Init:
     config: dict[str, Any]  # Config.model_dump(mode="json")
     rank: int = 0  # split mode: this process's rank; 0 claims jobs, the others follow
     world_size: int = 1
+    random_weights: bool = False  # benchmarks: the A14B architecture with random weights (timing only)
     t: str = "init"
 
 

@@ -128,11 +128,13 @@ class _ModelsView:
 class WorkerPool:
     """Stands where worker.Worker stands when [gpus] lists several devices."""
 
-    def __init__(self, cfg: Config, queue: JobQueue):
+    def __init__(self, cfg: Config, queue: JobQueue, *, devices: list[str] | None = None, mode: str | None = None,
+                 random_weights: bool = False):
         self.cfg = cfg
         self.queue = queue
-        self.mode = cfg.gpus.mode
-        self.devices = cfg.devices
+        self.mode = mode or cfg.gpus.mode
+        self.devices = devices or cfg.devices
+        self.random_weights = random_weights  # benchmarks only (gpus/bench.py)
         self.split = self.mode == "split"
         prefix = "rank" if self.split else "gpu"
         self.procs = [WorkerProc(f"{prefix}{i}", d, i) for i, d in enumerate(self.devices)]
@@ -235,7 +237,7 @@ class WorkerPool:
         data = self.cfg.model_dump(mode="json")
         data["paths"] = {**data["paths"], "state": str(self.queue.state_dir), "output": str(self.queue.output_dir)}
         init = P.Init(name=p.name, device=p.device, config=data, rank=p.index if self.split else 0,
-                      world_size=len(self.procs) if self.split else 1)
+                      world_size=len(self.procs) if self.split else 1, random_weights=self.random_weights)
         p.state, p.job, p.ready = "starting", None, asyncio.Event()
         p.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wan22bot.gpus.procworker", stdin=asyncio.subprocess.PIPE,

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Several GPUs, measured (README "Several GPUs"; issue 12). One step per call of a lent 2- or 4-GPU
+# machine (each step stays well under 10 minutes); results go to $OUT as JSON.
+#
+#   benchmarks/multigpu.sh one       one GPU (cuda:0) through a worker process: the same-run baseline
+#   benchmarks/multigpu.sh per2      per-device on cuda:0,cuda:1: videos/hour over $JOBS jobs
+#   benchmarks/multigpu.sh split2    split over cuda:0,cuda:1: per-pass seconds
+#   benchmarks/multigpu.sh per4      per-device on 4 GPUs (4-GPU machine)
+#   benchmarks/multigpu.sh split4    split over 4 GPUs (4-GPU machine)
+#   benchmarks/multigpu.sh report    speed-ups against `one`: throughput x (goal >= 1.9 on 2 GPUs),
+#                                    per-pass x (goals >= 1.8 on 2, >= 3.3 on 4)
+#
+# e.g. on 2 GPUs: benchmarks/multigpu.sh one per2 split2 report
+# Settings: 832x1216, 81 frames, the fast configuration (benchmarks/default.toml), the A14B
+# architecture with random weights (timing only). JOBS (default 8) timed jobs per per-device run,
+# SPLIT_JOBS (default 3) per split run, after one warm-up job per worker process.
+set -uo pipefail
+OUT=${OUT:-/tmp/wan22bot-bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# NVLink multicast off here and (the supervisor sets them again) in every worker process
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SITE=/tmp/site
+mkdir -p "$SITE"
+for d in .whl .whl-fa3 .whl-av; do
+    if compgen -G "$d/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$d"/*.whl
+    fi
+done
+if [ -f .sage-built.tar.gz ] && [ ! -d "$SITE/sageattention" ]; then
+    tar -xzf .sage-built.tar.gz -C "$SITE"
+fi
+export PYTHONPATH="$SITE:$PWD"
+JOBS=${JOBS:-8}
+SPLIT_JOBS=${SPLIT_JOBS:-3}
+
+random_rife() {
+    mkdir -p /tmp/rife-random
+    [ -f /tmp/rife-random/flownet.pkl ] || python3 -c "import torch; from wan22bot.interpolate import IFNet; torch.save(IFNet().state_dict(), '/tmp/rife-random/flownet.pkl')"
+}
+
+run() {  # run NAME DEVICES MODE JOBS
+    random_rife
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader > "$OUT/$1.gpus.txt" 2>&1
+    python3 -m wan22bot.gpus.bench -c benchmarks/default.toml --random-weights --devices "$2" --mode "$3" \
+        --jobs "$4" --frames 81 --width 832 --height 1216 --out "$OUT/multigpu-$1.json" 2> "$OUT/multigpu-$1.log" \
+        || { tail -40 "$OUT/multigpu-$1.log"; return 1; }
+}
+
+step_one()    { run one cuda:0 per-device "$JOBS"; }
+step_per2()   { run per2 cuda:0,cuda:1 per-device "$JOBS"; }
+step_split2() { run split2 cuda:0,cuda:1 split "$SPLIT_JOBS"; }
+step_per4()   { run per4 cuda:0,cuda:1,cuda:2,cuda:3 per-device "$((JOBS * 2))"; }
+step_split4() { run split4 cuda:0,cuda:1,cuda:2,cuda:3 split "$SPLIT_JOBS"; }
+
+step_report() {
+    python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+runs = {p.stem.removeprefix("multigpu-"): json.loads(p.read_text()) for p in out.glob("multigpu-*.json")}
+one = runs.get("one")
+if one is None:
+    sys.exit("no one-GPU baseline (run the `one` step in the same session first)")
+print(f"one GPU: {one['videos_per_hour']} videos/hour, per pass {one['per_pass_average']} s")
+for name, r in sorted(runs.items()):
+    if name == "one":
+        continue
+    if r["mode"] == "per-device":
+        print(f"{name}: {r['videos_per_hour']} videos/hour = {r['videos_per_hour'] / one['videos_per_hour']:.2f}x one GPU")
+    else:
+        print(f"{name}: per pass {r['per_pass_average']} s = {one['per_pass_average'] / r['per_pass_average']:.2f}x; "
+              f"pass 1 {r['median']['pass1']} s, pass 2 {r['median']['pass2']} s")
+PY
+}
+
+for step in "$@"; do
+    echo "== $step"
+    "step_$step" || exit 1
+done
