@@ -16,7 +16,7 @@ from .conftest import wait_for
 pytestmark = pytest.mark.slow
 
 
-async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once(harness):
+async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once_then_cancel_and_stop(harness):
     # one device, so the restarted process is the one that must finish the job
     async with harness(["cpu"], frames=9, steps=8, switch_step=4) as h:
         first_pid = h.pool.procs[0].pid
@@ -35,6 +35,15 @@ async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once(ha
         assert [e.kind for e in h.final(job.id)] == ["done"]
         out = Path(h.cfg.paths.output)
         assert sorted(f.name for f in out.iterdir() if not f.name.startswith(".")) == ["victim.json", "victim.mp4"]
+
+        # a cancel reaches the process: the job stops at its next step, the process goes on
+        gone = await h.submit("cancelled")
+        await wait_for(lambda: any(e.kind == "progress" and e.stage == "pass1" and e.job.id == gone.id
+                                   for e in h.events), 60, "the cancelled job's pass 1")
+        assert await h.queue.cancel(gone.id) == "cancelling"
+        await wait_for(lambda: h.final(gone.id), 30, "the cancel to land")
+        assert (await h.queue.get(gone.id)).state == JobState.cancelled
+        assert not (out / "cancelled.mp4").exists() and h.pool.procs[0].pid == p.pid
 
         # a daemon stop mid-job checkpoints it: back in the queue, no attempt spent, process gone
         nxt = await h.submit("next")

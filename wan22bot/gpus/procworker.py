@@ -175,6 +175,16 @@ def serve(init: P.Init, ch: Channel) -> int:
         for model in experts.values():
             make_sequence_parallel(model, init.rank, init.world_size)
         if init.rank > 0:
+            # only rank 0 encodes the prompt and the photo and decodes: the others' cards keep
+            # just the experts
+            if gen.device.type == "cuda":
+                import torch
+
+                for key in ("text_encoder", "vae"):
+                    mod = getattr(gen.components, key, None)
+                    if isinstance(mod, torch.nn.Module):
+                        mod.to("cpu")
+                torch.cuda.empty_cache()
             status["state"] = "following"
             ch.send(P.Event("state", state="following", memory=memory(gen.device), load_seconds=load_seconds))
             calls = [0]
@@ -185,7 +195,7 @@ def serve(init: P.Init, ch: Channel) -> int:
 
             follow(experts, gen.device, followed)
             return 0
-        leader = Leader(experts, gen.device)
+        leader = Leader(experts, gen.device, init.world_size)
 
     journal = Journal(Path(cfg.paths.state).absolute() / "jobs.sqlite")
     status["state"] = "idle"

@@ -63,10 +63,8 @@ def ulysses_core(inner: Core, n: int) -> Core:
 
 def _shard(t: torch.Tensor, dim: int, rank: int, n: int) -> torch.Tensor:
     size = t.shape[dim]
-    if size % n:
-        raise ModelError(f"split mode: this video has {size} tokens per frame stack, which do not divide among "
-                         f"{n} devices; choose a width, height or frame count that does (e.g. sizes that are "
-                         f"multiples of {16 * n}), or use [gpus] mode = \"per-device\"")
+    if size % n:  # the leader checks before announcing a call; this guards other callers
+        raise ModelError(f"split mode: {size} tokens do not divide among {n} devices")
     return t.chunk(n, dim=dim)[rank].contiguous()
 
 
@@ -100,26 +98,38 @@ def make_sequence_parallel(model: torch.nn.Module, rank: int, n: int) -> int:
     model.rope.register_forward_hook(split_rope)
     model.blocks[0].register_forward_pre_hook(split_hidden)
     model.proj_out.register_forward_hook(gather_out)
-    count = 0
+    count, kept = 0, set()
     for block in model.blocks:
         proc = block.attn1.processor
+        # SageAttention / FA3 come as a core and keep it; diffusers-dispatched backends (sdpa,
+        # cudnn, flash) become PyTorch SDPA, which picks cuDNN or flash on its own on Hopper
         inner = proc.core if isinstance(proc, CoreAttnProcessor) else sdpa_core
+        kept.add(getattr(inner, "__name__", type(inner).__name__))
         block.attn1.set_processor(CoreAttnProcessor(ulysses_core(inner, n)))
         count += 1
+    log.info("split: %d self-attention blocks exchange heads over %d devices (core: %s)", count, n,
+             ", ".join(sorted(kept)))
     return count
 
 
 class Leader:
     """Rank 0: announces each expert call so the followers run it too."""
 
-    def __init__(self, experts: dict[int, torch.nn.Module], device: torch.device):
+    def __init__(self, experts: dict[int, torch.nn.Module], device: torch.device, world_size: int):
         self.device = device
+        self.n = world_size
         for code, model in experts.items():
             model.register_forward_pre_hook(self._announcer(code), with_kwargs=True)
 
     def _announcer(self, code: int) -> Callable:
-        def hook(_mod, args, kwargs):
+        def hook(mod, args, kwargs):
             x, t, enc = kwargs["hidden_states"], kwargs["timestep"], kwargs["encoder_hidden_states"]
+            pt, ph, pw = mod.config.patch_size
+            tokens = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
+            if tokens % self.n:
+                # refused here, before the others are told: the job fails, the group stays up
+                raise ModelError(f"split mode: this video has {tokens} tokens, which do not divide among {self.n} "
+                                 "devices; choose another size or frame count, or use [gpus] mode = \"per-device\"")
             header = torch.tensor([code, *x.shape, *enc.shape, t.numel(), DTYPES.index(x.dtype)],
                                   dtype=torch.int64, device=self.device)
             dist.broadcast(header, 0)
