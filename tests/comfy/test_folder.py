@@ -198,3 +198,17 @@ def test_the_four_files_alone_load_with_no_folder(comfy_models):
     vae_sd = comps.vae.state_dict()
     torch.testing.assert_close(vae_sd["decoder.conv_in.weight"], reals["vae"]["decoder.conv1.weight"], rtol=0, atol=0)
     assert isinstance(comps.tokenizer, SentencePieceUMT5Tokenizer)
+
+
+def test_wan22bot_check_prints_each_file_and_says_usable(comfy_models, tmp_path):
+    from wan22bot.commands.check import run_checks
+    from wan22bot.config import Config, PathsConfig
+
+    root, _ = comfy_models
+    paths = PathsConfig(input=tmp_path / "in", output=tmp_path / "out", state=tmp_path / "state")
+    rep = run_checks(Config(paths=paths, model=real(comfyui=root)))
+    text = rep.render()
+    assert f"  ok    high_noise: {root / HIGH}: Wan 2.2 I2V-layout expert" in text
+    assert f"  ok    text_encoder: {root / TEXT}: UMT5 encoder" in text
+    assert "  ok    vae: loaded and one test forward is finite" in text
+    assert rep.errors == [] and text.endswith("wan22bot check: usable")
