@@ -64,3 +64,25 @@ def test_auto_defaults_pick_fp8_and_compile_only_where_they_pay():
     assert resolve_weights("fp8", cpu) == "fp8" and resolve_compile(True, cpu) is True
     g = TwoPassGenerator(ModelConfig())
     assert (g.weights, g.compile) == ("bf16", False)
+
+
+def test_cast_for_compute_keeps_fp32_values_of_kept_modules_exact():
+    """A file's fp32 norms must not pass through bf16 on their way to fp32 compute."""
+    from wan22bot.engine.generator import cast_for_compute
+
+    class Model(torch.nn.Module):
+        _keep_in_fp32_modules = ["norm"]
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+
+    m = Model()
+    with torch.no_grad():
+        m.norm.weight.copy_(torch.tensor([1.0 + 2**-20, 0.3, 0.7, 1.1]))  # not representable in bf16
+    exact = m.norm.weight.clone()
+    cast_for_compute(m, torch.bfloat16)
+    assert m.proj.weight.dtype == torch.bfloat16
+    assert m.norm.weight.dtype == torch.float32
+    assert torch.equal(m.norm.weight, exact)

@@ -418,11 +418,25 @@ def _built(x):
 
 
 def cast_for_compute(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast to `dtype` but keep the modules diffusers marks as fp32-only (norms, time embedding)."""
+    """Cast to `dtype` but keep the modules diffusers marks as fp32-only (norms, time embedding).
+
+    Tensor by tensor: casting everything to `dtype` first and the kept modules back to fp32 after
+    would round fp32 values from the file (norms, modulation tables) through bf16 on the way.
+    """
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    params = list(model.parameters())
-    if params and all(p.dtype == dtype for p in params):
-        return model
+    kept: set[int] = set()
+    if dtype != torch.float32 and keep:
+        for name, mod in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                kept.update(id(t) for t in list(mod.parameters()) + list(mod.buffers()))
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if not t.is_floating_point():
+                continue
+            want = torch.float32 if id(t) in kept else dtype
+            if t.dtype != want:
+                t.data = t.data.to(want)
+    return model
     model.to(dtype)
     if dtype != torch.float32 and keep:
         for name, mod in model.named_modules():
