@@ -300,6 +300,12 @@ class Config(_Section):
     @model_validator(mode="after")
     def _split_fits_the_heads(self) -> "Config":
         g = self.gpus
+        if len(g.devices) == 1 and g.mode == "per-device":
+            # one listed device runs in-process like [model] device: the two must agree
+            if self.model.device not in ("auto", g.devices[0]):
+                raise ValueError(f"[gpus] devices = [\"{g.devices[0]}\"] but [model] device = \"{self.model.device}\": "
+                                 "name the device in one place")
+            self.model.device = g.devices[0]
         if g.mode != "split":
             return self
         n = len(g.devices)

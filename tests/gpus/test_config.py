@@ -20,6 +20,12 @@ def test_defaults_are_the_one_model_device():
     assert cfg({"devices": ["cuda:0", "cuda:1"]}).devices == ["cuda:0", "cuda:1"]
 
 
+def test_one_listed_device_is_the_model_device():
+    assert config_from_dict({"gpus": {"devices": ["cuda:1"]}}).model.device == "cuda:1"
+    with pytest.raises(ConfigError, match="name the device in one place"):
+        config_from_dict({"model": {"device": "cuda:0"}, "gpus": {"devices": ["cuda:1"]}})
+
+
 @pytest.mark.parametrize("gpus, words", [
     ({"mode": "both"}, ["gpus.mode", "'per-device' or 'split'"]),
     ({"devices": ["gpu1"]}, ["'gpu1' is not a device", "cuda:N"]),
