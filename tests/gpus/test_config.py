@@ -56,6 +56,11 @@ def test_each_process_sees_only_its_card_and_multicast_is_off():
     split = [child_env(devices, i, split=True, port=29500, base={}) for i in range(2)]
     assert {e["CUDA_VISIBLE_DEVICES"] for e in split} == {"2,5"}
     assert [(e["RANK"], e["WORLD_SIZE"], e["MASTER_PORT"]) for e in split] == [("0", "2", "29500"), ("1", "2", "29500")]
+    # the daemon itself limited to cards 4 and 6: cuda:0/cuda:1 are those, as torch numbers them
+    inner = [child_env(["cuda:0", "cuda:1"], i, split=False, base={"CUDA_VISIBLE_DEVICES": "4,6"}) for i in range(2)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in inner] == ["4", "6"]
+    with pytest.raises(ConfigError, match="leaves 2 cards visible"):
+        child_env(["cuda:0", "cuda:2"], 0, split=False, base={"CUDA_VISIBLE_DEVICES": "4,6"})
     cpu = child_env(["cpu", "cpu"], 1, split=False, base={"CUDA_VISIBLE_DEVICES": "0"})
     assert cpu["CUDA_VISIBLE_DEVICES"] == ""  # a CPU worker must not pick up a card
     for e in env + split + [cpu]:

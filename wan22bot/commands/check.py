@@ -96,6 +96,16 @@ def run_checks(cfg: Config) -> Report:
     except ModelError as exc:
         rep.errors.append(str(exc))
         dev = torch.device("cpu")
+    # [gpus]: every listed card must be visible to this process
+    if len(cfg.devices) > 1:
+        cards = [d for d in cfg.devices if d.startswith("cuda:")]
+        count = torch.cuda.device_count() if cards else 0
+        missing = [d for d in cards if int(d[5:]) >= count]
+        if missing:
+            rep.errors.append(f"[gpus] devices lists {', '.join(missing)}, but {count} CUDA device(s) are visible "
+                              "here: list only cards that exist (nvidia-smi -L)")
+        else:
+            rep.ok.append(f"[gpus] mode {cfg.gpus.mode} on {', '.join(cfg.devices)}: a worker process per device")
 
     # attention
     backends = available_backends(dev)

@@ -58,6 +58,15 @@ def child_env(devices: list[str], index: int, *, split: bool, port: int | None =
     """
     env = dict(os.environ if base is None else base)
     cards = [d.split(":", 1)[1] for d in devices if d.startswith("cuda:")]
+    outer = [c.strip() for c in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if c.strip()]
+    if cards and outer:
+        # the daemon itself was given a subset of cards: cuda:N means the N-th of those, as in torch
+        if any(int(c) >= len(outer) for c in cards):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"[gpus] devices lists {', '.join(devices)}, but CUDA_VISIBLE_DEVICES={','.join(outer)} "
+                              f"leaves {len(outer)} cards visible: list cuda:0 to cuda:{len(outer) - 1}")
+        cards = [outer[int(c)] for c in cards]
     if not cards:
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif split:
@@ -136,6 +145,8 @@ class WorkerPool:
         self.devices = devices or cfg.devices
         self.random_weights = random_weights  # benchmarks only (gpus/bench.py)
         self.split = self.mode == "split"
+        for i in range(len(self.devices)):  # a device the daemon cannot see stops the start, with its reason
+            child_env(self.devices, i, split=self.split, port=0)
         prefix = "rank" if self.split else "gpu"
         self.procs = [WorkerProc(f"{prefix}{i}", d, i) for i, d in enumerate(self.devices)]
         self.renderer = _ModelsView(self)
