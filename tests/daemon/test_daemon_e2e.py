@@ -215,7 +215,7 @@ def test_full_output_disk_fails_clearly_and_recovers(daemon_factory, tmp_path):
 
 
 def test_sigterm_checkpoints_running_job_and_exits_zero(daemon_factory, tmp_path):
-    d = daemon_factory(frames=25).start()  # long enough to be stopped mid-job, as in the kill -9 test
+    d = daemon_factory(frames=49).start()  # long enough to be stopped mid-job
     d.input.mkdir(exist_ok=True)
     _make_photo(d.input / "long.jpg", (5, 5, 5))
     d.wait_for(lambda: [j for j in d.jobs() if j["state"] == "running"], what="running")
