@@ -43,7 +43,7 @@ run() {  # run NAME DEVICES MODE JOBS
     random_rife
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader > "$OUT/$1.gpus.txt" 2>&1
     python3 -m wan22bot.gpus.bench -c benchmarks/default.toml --random-weights --devices "$2" --mode "$3" \
-        --jobs "$4" --frames 81 --width 832 --height 1216 --out "$OUT/multigpu-$1.json" 2> "$OUT/multigpu-$1.log" \
+        --jobs "$4" --frames 81 --width 832 --height 1216 --out "$OUT/multigpu-$1.json" --keep "$OUT/multigpu-$1.mp4" 2> "$OUT/multigpu-$1.log" \
         || { tail -40 "$OUT/multigpu-$1.log"; return 1; }
 }
 
@@ -71,6 +71,19 @@ for name, r in sorted(runs.items()):
     else:
         print(f"{name}: per pass {r['per_pass_average']} s = {one['per_pass_average'] / r['per_pass_average']:.2f}x; "
               f"pass 1 {r['median']['pass1']} s, pass 2 {r['median']['pass2']} s")
+        a, b = out / "multigpu-one.mp4", out / f"multigpu-{name}.mp4"
+        if a.is_file() and b.is_file():  # same photo, same seed: split against one device
+            import av
+            import numpy as np
+
+            def frames(p):
+                with av.open(str(p)) as c:
+                    return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
+
+            fa, fb = frames(a), frames(b)
+            d = np.abs(fa - fb)
+            print(f"{name} vs one GPU, same seed: max abs difference {int(d.max())} code values, "
+                  f"mean {float(d.mean()):.3f} over {d.size} samples")
 PY
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,8 @@ async def bench(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             jobs = await _run_batch(queue, photo, args.jobs, "run", opts, args.timeout)
             wall = time.perf_counter() - t0
+            if args.keep:  # the same seed's video, to compare split against one device
+                shutil.copyfile(min(jobs, key=lambda j: j.seq).result.output, args.keep)  # type: ignore[attr-defined]
         finally:
             await pool.stop()
             await queue.close()
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-weights", action="store_true", help="the A14B architecture with random weights")
     ap.add_argument("--timeout", type=float, default=7200.0, help="seconds allowed for each batch")
     ap.add_argument("--out", help="write the result JSON here too")
+    ap.add_argument("--keep", help="copy the first timed job's MP4 here (every job uses seed 1)")
     args = ap.parse_args(argv)
     result = asyncio.run(bench(args))
     text = json.dumps(result, indent=2)
