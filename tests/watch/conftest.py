@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +147,25 @@ class Rig:
 
     def listing(self, folder: Path) -> set[str]:
         return {p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()} if folder.exists() else set()
+
+
+def stalling_writer(path: Path, data: bytes, chunks: int, pause: float, done: threading.Event) -> threading.Thread:
+    """A started thread that writes `data` to `path` in `chunks`, holding the file open and pausing
+    `pause` s between chunks (the writer's own pace: a slow or stalling copy), then sets `done`."""
+
+    def run():
+        size = -(-len(data) // chunks)
+        with open(path, "wb") as f:
+            for i in range(chunks):
+                f.write(data[i * size:(i + 1) * size])
+                f.flush()
+                if i < chunks - 1:
+                    time.sleep(pause)
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 async def wait_for(pred, timeout: float = 10, what: str = "condition") -> None:

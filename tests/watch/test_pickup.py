@@ -7,11 +7,10 @@ import hashlib
 import logging
 import os
 import threading
-import time
 
 from wan22bot.jobs import JobState
 
-from .conftest import SETTLE, make_config, photo_bytes, quiet, wait_for
+from .conftest import SETTLE, make_config, photo_bytes, quiet, stalling_writer, wait_for
 
 
 async def test_photo_is_taken_only_after_it_settles(rig):
@@ -21,16 +20,6 @@ async def test_photo_is_taken_only_after_it_settles(rig):
     done = threading.Event()
     early: set[str] = set()
 
-    def copy():  # a slow copy: three chunks, each pause shorter than settle_seconds
-        third = len(data) // 3
-        with open(path, "wb") as f:
-            for i in range(3):
-                f.write(data[i * third:(i + 1) * third] if i < 2 else data[2 * third:])
-                f.flush()
-                if i < 2:
-                    time.sleep(SETTLE * 0.6)  # the writer's own pace, not the test's synchronisation
-        done.set()
-
     async def copied():
         if not done.is_set():
             if await rig.jobs():
@@ -39,8 +28,8 @@ async def test_photo_is_taken_only_after_it_settles(rig):
                 early.add("judged")
         return done.is_set()
 
-    writer = threading.Thread(target=copy, daemon=True)
-    writer.start()
+    # a slow copy: three chunks, each pause shorter than settle_seconds
+    writer = stalling_writer(path, data, chunks=3, pause=SETTLE * 0.6, done=done)
     await wait_for(copied, 20, "the copy to finish")
     t_complete = asyncio.get_running_loop().time()
     writer.join(5)

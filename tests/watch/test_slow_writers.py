@@ -5,29 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 
 from wan22bot.jobs import JobState
 
-from .conftest import SETTLE, photo_bytes, wait_for
-
-
-def _stalling_writer(path, data: bytes, chunks: int, pause: float, done: threading.Event) -> threading.Thread:
-    """A thread that writes `data` in `chunks`, pausing `pause` s between them, with the file open."""
-
-    def run():
-        size = -(-len(data) // chunks)
-        with open(path, "wb") as f:
-            for i in range(chunks):
-                f.write(data[i * size:(i + 1) * size])
-                f.flush()
-                if i < chunks - 1:
-                    time.sleep(pause)  # the scenario itself: a network copy stalling mid-file
-        done.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+from .conftest import SETTLE, photo_bytes, stalling_writer, wait_for
 
 
 async def test_a_copy_that_stalls_longer_than_settle_is_taken_only_after_it_closes(rig):
@@ -46,7 +27,7 @@ async def test_a_copy_that_stalls_longer_than_settle_is_taken_only_after_it_clos
                 seen_early.add(f"judged: {sorted(rig.listing(rig.failed))}")
         return closed.is_set()
 
-    writer = _stalling_writer(path, data, chunks=3, pause=SETTLE * 2.5, done=closed)
+    writer = stalling_writer(path, data, chunks=3, pause=SETTLE * 2.5, done=closed)
     await wait_for(writer_finished, 20, "the stalling writer to close the file")
     writer.join(timeout=5)
     assert seen_early == set(), f"a file still open for writing was taken: {seen_early}"
