@@ -86,8 +86,9 @@ def _sighup_reloads_config_without_dropping_the_queue(d) -> None:
 
 
 def test_kill9_mid_job_then_restart_finishes_each_job_exactly_once(daemon_factory, tmp_path):
-    # 25 frames keeps each job running long enough to be killed in the middle of it
-    d = daemon_factory(frames=25).start()
+    # 49 frames keeps each job running long enough to be killed in the middle of it (it is killed
+    # during the first job, so the length costs little)
+    d = daemon_factory(frames=49).start()
     d.input.mkdir(exist_ok=True)
     for i in range(3):
         _make_photo(d.input / f"p{i}.jpg", (90 * i, 10, 10))
