@@ -10,7 +10,7 @@ import pytest
 
 from wan22bot.config import config_from_dict
 from wan22bot.gpus.supervisor import WorkerPool
-from wan22bot.jobs import JobSpec
+from wan22bot.jobs import JobOptions, JobSpec
 from wan22bot.queue import JobQueue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,10 +59,19 @@ class Harness:
         await self.pool.stop()
         await self.queue.close()
 
-    async def submit(self, name: str):
-        job, _ = await self.queue.submit(JobSpec(source="http", input_path="", original_name=f"{name}.jpg", name=name),
-                                         PHOTO.read_bytes())
+    async def submit(self, name: str, **options):
+        job, _ = await self.queue.submit(JobSpec(source="http", input_path="", original_name=f"{name}.jpg", name=name,
+                                                 options=JobOptions(**options)), PHOTO.read_bytes())
         return job
+
+    def on_first(self, kind: str, stage: str, job_id: str, action) -> None:
+        """Run `action` inside the event's delivery (no polling delay) the first time it is seen."""
+        def listener(e) -> None:
+            if e.kind == kind and e.stage == stage and e.job.id == job_id:
+                self.queue.remove_listener(listener)
+                action()
+
+        self.queue.add_listener(listener)
 
     def final(self, job_id: str):
         return [e for e in self.events if e.job.id == job_id and e.kind in ("done", "failed", "cancelled")]

@@ -3,6 +3,7 @@ checkpoints the running job. (Two photos at once on ["cpu", "cpu"]: test_daemon.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -18,12 +19,11 @@ pytestmark = pytest.mark.slow
 
 async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once_then_cancel_and_stop(harness):
     # one device, so the restarted process is the one that must finish the job
-    async with harness(["cpu"], frames=9, steps=8, switch_step=4) as h:
+    async with harness(["cpu"], frames=9, steps=20, switch_step=10) as h:
         first_pid = h.pool.procs[0].pid
         job = await h.submit("victim")
-        await wait_for(lambda: any(e.kind == "progress" and e.stage == "pass1" and e.job.id == job.id
-                                   for e in h.events), 60, "pass 1 to start")
-        os.kill(first_pid, signal.SIGKILL)
+        # killed as the first step's progress arrives: 19 steps, the decode and the encode remain
+        h.on_first("progress", "pass1", job.id, lambda: os.kill(first_pid, signal.SIGKILL))
         await wait_for(lambda: any(e.kind == "requeued" and e.job.id == job.id for e in h.events), 30,
                        "the job to be re-queued")
         await wait_for(lambda: h.final(job.id), 120, "the job to finish after the restart")
@@ -38,19 +38,20 @@ async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once_th
 
         # a cancel reaches the process: the job stops at its next step, the process goes on
         gone = await h.submit("cancelled")
-        await wait_for(lambda: any(e.kind == "progress" and e.stage == "pass1" and e.job.id == gone.id
-                                   for e in h.events), 60, "the cancelled job's pass 1")
-        assert await h.queue.cancel(gone.id) == "cancelling"
-        await wait_for(lambda: h.final(gone.id), 30, "the cancel to land")
+        asked: list = []
+        h.on_first("progress", "pass1", gone.id, lambda: asked.append(asyncio.ensure_future(h.queue.cancel(gone.id))))
+        await wait_for(lambda: h.final(gone.id), 60, "the cancel to land")
+        assert asked[0].result() == "cancelling"
         assert (await h.queue.get(gone.id)).state == JobState.cancelled
         assert not (out / "cancelled.mp4").exists() and h.pool.procs[0].pid == p.pid
 
         # a daemon stop mid-job checkpoints it: back in the queue, no attempt spent, process gone
         nxt = await h.submit("next")
-        await wait_for(lambda: any(e.kind == "progress" and e.stage == "pass1" and e.job.id == nxt.id
-                                   for e in h.events), 60, "the next job's pass 1")
         pid = h.pool.procs[0].pid
-        await h.pool.stop()
+        stopping: list = []
+        h.on_first("progress", "pass1", nxt.id, lambda: stopping.append(asyncio.ensure_future(h.pool.stop())))
+        await wait_for(lambda: stopping, 60, "the next job's pass 1")
+        await stopping[0]
         back = await h.queue.get(nxt.id)
         assert back.state == JobState.queued and back.attempts == 0
         assert h.pool.procs[0].state == "stopped" and not _alive(pid)

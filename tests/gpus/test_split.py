@@ -4,6 +4,8 @@ render of the same photo and seed."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import av
@@ -38,6 +40,22 @@ async def test_split_render_matches_a_one_device_render(harness, tmp_path):
         assert json.loads(Path(done.result.sidecar).read_text())["worker"] == "rank0"
         # rank 1 ran every expert call with rank 0 (4 steps, CFG 1: one call per step)
         await wait_for(lambda: h.pool.procs[1].calls == 4, 10, "rank 1's call count")
+
+        # a rank lost mid-job: rank 1 is stopped first, so rank 0 waits for it in the job's first
+        # expert call (the job cannot finish); then rank 1 is killed
+        pids = [p.pid for p in h.pool.procs]
+        os.kill(pids[1], signal.SIGSTOP)
+        lost = await h.submit("lost")
+        await wait_for(lambda: any(e.kind == "progress" and e.stage == "image_encode" and e.job.id == lost.id
+                                   for e in h.events), 60, "the job to reach the experts")
+        os.kill(pids[1], signal.SIGKILL)
+        await wait_for(lambda: any(e.kind == "requeued" and e.job.id == lost.id for e in h.events), 30,
+                       "the job to be re-queued")
+        await wait_for(lambda: h.final(lost.id), 120, "the group to restart and finish the job")
+        again = await h.queue.get(lost.id)
+        assert again.state == JobState.done and again.attempts == 2, again.error
+        assert [p.restarts for p in h.pool.procs] == [1, 1]
+        assert not set(pids) & {p.pid for p in h.pool.procs}  # both ranks are new processes
 
     ref_cfg = make_config(tmp_path / "ref", [])
     Renderer(ref_cfg).render(PHOTO, "ref", tmp_path / "ref" / "out", photo_name="split.jpg")

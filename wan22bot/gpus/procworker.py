@@ -85,12 +85,14 @@ def _beat(ch: Channel, status: dict[str, Any], device_ref: list) -> None:
                         memory=memory(device_ref[0]) if device_ref else {}))
 
 
-def _render_job(cfg, renderer, journal_job, ch: Channel, status: dict[str, Any]) -> P.Event:
+class GroupOutOfStep(RuntimeError):
+    """A split job failed inside an expert call: the other ranks are mid-collective."""
+
+
+def _render_job(cfg, renderer, journal_job, ch: Channel, status: dict[str, Any], leader=None) -> P.Event:
     from ..errors import Cancelled, DiskFull, Wan22Error
-    from ..fsutil import fsync_dir
 
     job = journal_job
-    spec = job.spec
     output_dir = Path(cfg.paths.output).absolute()
 
     def progress(p) -> None:
@@ -100,23 +102,40 @@ def _render_job(cfg, renderer, journal_job, ch: Channel, status: dict[str, Any])
         return job.id in ch.cancelled or ch.stopping.is_set()
 
     try:
-        result = renderer.render(Path(spec.input_path), spec.name, output_dir, spec.options, progress=progress,
-                                 should_cancel=should_cancel,
-                                 meta={"job_id": job.id, "source": spec.source, "user": spec.user,
-                                       "worker": status["name"]},
-                                 photo_name=spec.original_name)
-        fsync_dir(output_dir)
+        try:
+            result = _render(cfg, renderer, job, output_dir, progress, should_cancel, status)
+        except Exception as exc:
+            if leader is not None and leader.in_call:
+                # the process leaves without settling: the daemon re-queues the job (attempt
+                # counted) and restarts the whole group
+                raise GroupOutOfStep(f"job {job.id} failed inside a split expert call: {exc}") from exc
+            raise
     except Cancelled as exc:
         if job.id in ch.cancelled:
             return P.Event("settled", job=job.id, outcome="cancelled", error="cancelled")
         log.info("job %s: checkpointed (%s)", job.id, exc)
         return P.Event("settled", job=job.id, outcome="checkpoint")
+    except GroupOutOfStep:
+        raise
     except (DiskFull, Wan22Error) as exc:
         return P.Event("settled", job=job.id, outcome="failed", error=str(exc))
     except Exception as exc:  # a bug: this job fails, the process goes on
         log.exception("job %s: internal error", job.id)
         return P.Event("settled", job=job.id, outcome="failed", error=f"internal error: {type(exc).__name__}: {exc}")
     return P.Event("settled", job=job.id, outcome="done", result=result.model_dump(mode="json"))
+
+
+def _render(cfg, renderer, job, output_dir: Path, progress, should_cancel, status: dict[str, Any]):
+    from ..fsutil import fsync_dir
+
+    spec = job.spec
+    result = renderer.render(Path(spec.input_path), spec.name, output_dir, spec.options, progress=progress,
+                             should_cancel=should_cancel,
+                             meta={"job_id": job.id, "source": spec.source, "user": spec.user,
+                                   "worker": status["name"]},
+                             photo_name=spec.original_name)
+    fsync_dir(output_dir)  # the MP4 and sidecar renames are durable only once their folder is flushed
+    return result
 
 
 def _init_group(init: P.Init, device) -> None:
@@ -210,7 +229,7 @@ def serve(init: P.Init, ch: Channel) -> int:
             status.update(state="busy", job=job.id)
             ch.send(P.Event("claimed", job=job.id, memory=memory(gen.device)))
             t0 = time.perf_counter()
-            outcome = _render_job(cfg, renderer, job, ch, status)
+            outcome = _render_job(cfg, renderer, job, ch, status, leader)
             log.info("job %s: %s in %.1f s", job.id, outcome.outcome, time.perf_counter() - t0)
             ch.cancelled.discard(job.id)
             status.update(state="idle", job=None)

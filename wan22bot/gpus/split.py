@@ -118,8 +118,15 @@ class Leader:
     def __init__(self, experts: dict[int, torch.nn.Module], device: torch.device, world_size: int):
         self.device = device
         self.n = world_size
+        # True from an announced call until its forward returns: an error in between leaves the
+        # other ranks inside a collective, and only restarting the group brings them back in step
+        self.in_call = False
         for code, model in experts.items():
             model.register_forward_pre_hook(self._announcer(code), with_kwargs=True)
+            model.register_forward_hook(self._returned)
+
+    def _returned(self, _mod, _args, _out) -> None:
+        self.in_call = False
 
     def _announcer(self, code: int) -> Callable:
         def hook(mod, args, kwargs):
@@ -132,6 +139,7 @@ class Leader:
                                  "devices; choose another size or frame count, or use [gpus] mode = \"per-device\"")
             header = torch.tensor([code, *x.shape, *enc.shape, t.numel(), DTYPES.index(x.dtype)],
                                   dtype=torch.int64, device=self.device)
+            self.in_call = True
             dist.broadcast(header, 0)
             for tensor in (x, t.float(), enc):
                 dist.broadcast(tensor.contiguous(), 0)
