@@ -63,3 +63,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_worker_that_cannot_load_fails_the_start_naming_the_device(tmp_path):
+    # this machine has no CUDA: a worker process for cuda:1 cannot load its models
+    from wan22bot.errors import ModelError
+    from wan22bot.gpus.supervisor import WorkerPool
+    from wan22bot.queue import JobQueue
+
+    from .conftest import make_config
+
+    cfg = make_config(tmp_path, ["cuda:0", "cuda:1"])
+    queue = JobQueue(cfg.paths.state, cfg.paths.output)
+    await queue.start()
+    pool = WorkerPool(cfg, queue)
+    try:
+        with pytest.raises(ModelError) as e:
+            await asyncio.wait_for(pool.load(), 120)
+        assert "worker gpu" in str(e.value) and "sees no such CUDA device" in str(e.value)
+        assert "cuda:1 is not usable" in str(e.value) or "cuda:0 is not usable" in str(e.value)
+    finally:
+        await pool.stop()
+        await queue.close()
+    assert all(p.state == "stopped" and p.pid is None for p in pool.procs)

@@ -172,6 +172,15 @@ def serve(init: P.Init, ch: Channel) -> int:
         from ..engine.random_weights import random_components as factory
     from ..engine.generator import TwoPassGenerator
 
+    if local.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() <= (init.rank if split else 0):
+            from ..errors import ModelError
+
+            raise ModelError(f"{init.device} is not usable: its process sees no such CUDA device "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, "
+                             f"{torch.cuda.device_count()} visible); check nvidia-smi -L and [gpus] devices")
     renderer = Renderer(cfg, TwoPassGenerator(cfg.model, components_factory=factory))
     if split:
         import torch
@@ -243,6 +252,8 @@ def serve(init: P.Init, ch: Channel) -> int:
 
 
 def main() -> int:
+    from ..errors import Wan22Error
+
     # The protocol owns the original stdout; anything else printing to fd 1 lands on stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
@@ -255,6 +266,10 @@ def main() -> int:
     threading.Thread(target=ch.read_commands, args=(sys.stdin,), name="commands", daemon=True).start()
     try:
         return serve(init, ch)
+    except Wan22Error as exc:  # a stated reason (a model that will not load, a device that is not there)
+        log.error("worker %s cannot go on: %s", init.name, exc)
+        ch.send(P.Event("fatal", error=str(exc)))
+        return 3
     except Exception as exc:
         log.exception("worker %s cannot go on", init.name)
         ch.send(P.Event("fatal", error=f"{type(exc).__name__}: {exc}"))

@@ -39,6 +39,7 @@ MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)
 # what a worker process reports back of its environment (shown in the status)
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", *MULTICAST_OFF)
+CRASH_LOOP = 3  # ends in a row without loading: the process counts as down
 STOP_GRACE_SECONDS = 60.0  # a checkpoint waits for the running step to end
 
 
@@ -95,6 +96,7 @@ class WorkerProc:
     job: Job | None = None
     memory: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
+    failures: int = 0  # ends since it last had its models resident (sets the restart delay)
     jobs_done: int = 0
     env: dict[str, str] = field(default_factory=dict)  # DEVICE_ENV as the process saw it
     calls: int = 0  # split mode, ranks > 0: expert calls run for rank 0
@@ -157,7 +159,6 @@ class WorkerPool:
         self._started = False
         self._monitor: asyncio.Task | None = None
         self._restarts: set[asyncio.Task] = set()
-        self._group_down = False
 
     # ------------------------------------------------------------------ what the daemon asks
     @property
@@ -176,6 +177,11 @@ class WorkerPool:
     def gpu_busy(self) -> bool:
         return self.current is not None
 
+    @property
+    def last_load_seconds(self) -> float | None:
+        loads = [p.load_seconds for p in self.procs if p.load_seconds is not None]
+        return max(loads) if loads else None
+
     def states(self) -> list[dict[str, Any]]:
         return [p.to_api() for p in self.procs]
 
@@ -187,8 +193,10 @@ class WorkerPool:
             if p.job is not None and now - p.last_progress > self.stall_seconds:
                 return Health(False, "stuck", f"{p.name} ({p.device}): no progress for "
                               f"{now - p.last_progress:.0f} s on job {p.job.id}", now - p.last_progress)
-        if self.procs and all(p.state == "dead" for p in self.procs):
-            return Health(False, "dead", "; ".join(f"{p.name}: {p.last_error}" for p in self.procs))
+        # unhealthy only with no capacity left: one bad card of four must not get the daemon restarted
+        if self.procs and all(p.failures >= CRASH_LOOP for p in self.procs):
+            return Health(False, "dead", "every worker process keeps ending: " +
+                          "; ".join(f"{p.name}: {p.last_error}" for p in self.procs))
         if any(p.state in ("starting", "loading", "restarting") for p in self.procs) and not self.running:
             return Health(True, "loading")
         if self.running:
@@ -319,7 +327,7 @@ class WorkerPool:
                 log.info("worker %s: models loaded in %.1f s on %s", p.name, ev.load_seconds, p.device)
             if ev.state in ("idle", "following"):
                 p.ready.set()
-                p.last_error = None
+                p.last_error, p.failures = None, 0
         elif ev.t == "claimed" and ev.job:
             job = await self.queue.get(ev.job)
             if job is None:
@@ -387,6 +395,7 @@ class WorkerPool:
             p.last_error = p.last_error or f"the process ended ({how})"
             log.error("worker %s on %s: the process ended (%s)", p.name, p.device, how)
             p.state = "dead"
+            p.failures += 1
         await self._release(owner)
         if self._stopping:
             return
@@ -397,14 +406,14 @@ class WorkerPool:
                     q.proc.kill()
             if any(q.proc is not None for q in self.procs):
                 return  # the last rank to end restarts the group
-            delay = RESTART_BACKOFF[min(owner.restarts, len(RESTART_BACKOFF) - 1)]
+            delay = RESTART_BACKOFF[min(max(q.failures for q in self.procs) - 1, len(RESTART_BACKOFF) - 1)]
             port = free_port()
             for q in self.procs:
                 q.restarts += 1
                 self._spawn_soon(q, delay, port)
             return
-        # a process that loaded and ran before starts over at the short delay
-        delay = RESTART_BACKOFF[min(p.restarts, len(RESTART_BACKOFF) - 1)] if not p.ready.is_set() else RESTART_BACKOFF[0]
+        # the first end after a good run restarts at once-ish; a process that keeps ending backs off
+        delay = RESTART_BACKOFF[min(p.failures - 1, len(RESTART_BACKOFF) - 1)]
         p.restarts += 1
         log.info("worker %s: restarting in %.0f s", p.name, delay)
         self._spawn_soon(p, delay, None)
