@@ -251,6 +251,21 @@ def serve(init: P.Init, ch: Channel) -> int:
     return 0
 
 
+def _setup_logging(name: str) -> None:
+    """The daemon's format (cli.setup_logging), with the worker's name in each line."""
+    from .. import logsafe
+
+    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
+    fmt = f"%(levelname)s [{name}] %(name)s: %(message)s"
+    fmt = fmt if under_systemd else "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt, datefmt="%H:%M:%S")
+    logsafe.install()
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logsafe.SafeFormatter(fmt, datefmt="%H:%M:%S"))
+    for noisy in ("diffusers", "transformers", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main() -> int:
     from ..errors import Wan22Error
 
@@ -260,8 +275,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     init = P.decode_command(sys.stdin.readline())
     assert isinstance(init, P.Init), "the first line must be an init message"
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s [{init.name}] %(name)s: %(message)s")
+    _setup_logging(init.name)
     ch = Channel(out)
     threading.Thread(target=ch.read_commands, args=(sys.stdin,), name="commands", daemon=True).start()
     try:

@@ -208,6 +208,8 @@ class WorkerPool:
         if self._started:
             return
         self._started = True
+        log.info("[gpus] %s on %s: %s", self.mode, ", ".join(self.devices),
+                 "one job at a time over all of them" if self.split else "a worker process per device")
         self.queue.add_listener(self._on_queue_event)
         port = free_port() if self.split else None
         for p in self.procs:
