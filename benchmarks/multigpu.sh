@@ -5,12 +5,13 @@
 #   benchmarks/multigpu.sh one       one GPU (cuda:0) through a worker process: the same-run baseline
 #   benchmarks/multigpu.sh per2      per-device on cuda:0,cuda:1: videos/hour over $JOBS jobs
 #   benchmarks/multigpu.sh split2    split over cuda:0,cuda:1: per-pass seconds
+#   benchmarks/multigpu.sh split2d   the same through diffusers' enable_parallelism (split_engine = "diffusers")
 #   benchmarks/multigpu.sh per4      per-device on 4 GPUs (4-GPU machine)
-#   benchmarks/multigpu.sh split4    split over 4 GPUs (4-GPU machine)
+#   benchmarks/multigpu.sh split4    split over 4 GPUs (4-GPU machine); split4d through diffusers
 #   benchmarks/multigpu.sh report    speed-ups against `one`: throughput x (goal >= 1.9 on 2 GPUs),
 #                                    per-pass x (goals >= 1.8 on 2, >= 3.3 on 4)
 #
-# e.g. on 2 GPUs: benchmarks/multigpu.sh one per2 split2 report
+# e.g. on 2 GPUs: benchmarks/multigpu.sh one per2 split2 split2d report
 # Settings: 832x1216, 81 frames, the fast configuration (benchmarks/default.toml), the A14B
 # architecture with random weights (timing only). JOBS (default 8) timed jobs per per-device run,
 # SPLIT_JOBS (default 3) per split run, after one warm-up job per worker process.
@@ -39,17 +40,19 @@ random_rife() {
     [ -f /tmp/rife-random/flownet.pkl ] || python3 -c "import torch; from wan22bot.interpolate import IFNet; torch.save(IFNet().state_dict(), '/tmp/rife-random/flownet.pkl')"
 }
 
-run() {  # run NAME DEVICES MODE JOBS
+run() {  # run NAME DEVICES MODE JOBS [bench options]
     random_rife
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader > "$OUT/$1.gpus.txt" 2>&1
     python3 -m wan22bot.gpus.bench -c benchmarks/default.toml --random-weights --devices "$2" --mode "$3" \
-        --jobs "$4" --frames 81 --width 832 --height 1216 --out "$OUT/multigpu-$1.json" --keep "$OUT/multigpu-$1.mp4" 2> "$OUT/multigpu-$1.log" \
+        --jobs "$4" "${@:5}" --frames 81 --width 832 --height 1216 --out "$OUT/multigpu-$1.json" --keep "$OUT/multigpu-$1.mp4" 2> "$OUT/multigpu-$1.log" \
         || { tail -40 "$OUT/multigpu-$1.log"; return 1; }
 }
 
 step_one()    { run one cuda:0 per-device "$JOBS"; }
 step_per2()   { run per2 cuda:0,cuda:1 per-device "$JOBS"; }
 step_split2() { run split2 cuda:0,cuda:1 split "$SPLIT_JOBS"; }
+step_split2d() { run split2d cuda:0,cuda:1 split "$SPLIT_JOBS" --split-engine diffusers; }
+step_split4d() { run split4d cuda:0,cuda:1,cuda:2,cuda:3 split "$SPLIT_JOBS" --split-engine diffusers; }
 step_per4()   { run per4 cuda:0,cuda:1,cuda:2,cuda:3 per-device "$((JOBS * 2))"; }
 step_split4() { run split4 cuda:0,cuda:1,cuda:2,cuda:3 split "$SPLIT_JOBS"; }
 

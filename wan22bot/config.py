@@ -260,6 +260,9 @@ class GpusConfig(_Section):
     # ("per-device") or every device on each job ("split").
     devices: list[str] = []
     mode: Literal["per-device", "split"] = "per-device"
+    # split's exchange: our Ulysses all-to-all around each expert's own kernel (runs on CPUs too),
+    # or diffusers' enable_parallelism(ContextParallelConfig) with cuDNN attention (CUDA only)
+    split_engine: Literal["ulysses", "diffusers"] = "ulysses"
 
     @field_validator("devices")
     @classmethod
@@ -309,6 +312,10 @@ class Config(_Section):
         if g.mode != "split":
             return self
         n = len(g.devices)
+        if g.split_engine == "diffusers" and "cpu" in g.devices:
+            raise ValueError("[gpus] split_engine = \"diffusers\" needs CUDA devices (diffusers 0.42.1 builds its "
+                             "device mesh with rank % accelerator count, a division by zero without one); use "
+                             "split_engine = \"ulysses\" on CPUs")
         if n < 2:
             raise ValueError("[gpus] mode = \"split\" needs at least two devices: list them in gpus.devices, "
                              "or use mode = \"per-device\"")

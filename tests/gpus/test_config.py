@@ -35,6 +35,8 @@ def test_one_listed_device_is_the_model_device():
     ({"devices": ["cpu"], "mode": "split"}, ["at least two devices", "per-device"]),
     ({"mode": "split"}, ["at least two devices"]),
     ({"devices": ["cpu"] * 3, "mode": "split"}, ["2 attention heads do not divide among 3", "[2]"]),
+    ({"devices": ["cpu"] * 2, "mode": "split", "split_engine": "diffusers"}, ["needs CUDA devices", "ulysses"]),
+    ({"split_engine": "ring"}, ["gpus.split_engine"]),
 ])
 def test_bad_gpus_settings_are_one_clear_error(gpus, words):
     with pytest.raises(ConfigError) as e:

@@ -55,6 +55,8 @@ async def _run_batch(queue: JobQueue, photo: bytes, n: int, tag: str, opts: JobO
 
 async def bench(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config) if args.config else load_config(None)
+    if args.split_engine:
+        cfg.gpus.split_engine = args.split_engine
     devices = args.devices.split(",")
     photo = Path(args.image or SAMPLE).read_bytes()
     opts = JobOptions(frames=args.frames, seed=1)
@@ -86,7 +88,8 @@ async def bench(args: argparse.Namespace) -> dict:
     med = {k: round(statistics.median(t.get(k, 0.0) for t in timings), 3) for k in ("pass1", "pass2", "total")}
     steps = cfg.generation.steps or 4
     return {
-        "mode": args.mode, "devices": devices, "jobs": args.jobs, "frames": args.frames,
+        "mode": args.mode, "devices": devices,
+        "split_engine": cfg.gpus.split_engine if args.mode == "split" else None, "jobs": args.jobs, "frames": args.frames,
         "width": cfg.generation.width, "height": cfg.generation.height,
         "weights": "random (timing only)" if args.random_weights else cfg.model.kind,
         "load_seconds": round(load, 1), "warmup_seconds": round(warm_s, 1), "wall_seconds": round(wall, 2),
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--config", help="config file (benchmarks/default.toml for the fast GPU path)")
     ap.add_argument("--devices", required=True, help="comma-separated: cuda:0,cuda:1 (or cpu,cpu)")
     ap.add_argument("--mode", choices=("per-device", "split"), default="per-device")
+    ap.add_argument("--split-engine", choices=("ulysses", "diffusers"), help="split's exchange (default: the config's)")
     ap.add_argument("--jobs", type=int, default=8, help="timed jobs, queued at once (default 8)")
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--width", type=int)

@@ -157,6 +157,8 @@ def serve(init: P.Init, ch: Channel) -> int:
     split = init.world_size > 1
     local = "cpu" if init.device == "cpu" else (f"cuda:{init.rank}" if split else "cuda:0")
     data["model"] = {**data.get("model", {}), "device": local}
+    # this process is one device: the list and mode were the daemon's business (Init carries them)
+    data["gpus"] = {"split_engine": data.get("gpus", {}).get("split_engine", "ulysses")}
     if split:
         # collectives inside compiled blocks are not measured yet: split runs eager
         data["model"]["compile"] = False
@@ -194,14 +196,17 @@ def serve(init: P.Init, ch: Channel) -> int:
     leader = None
     if split:
         from ..errors import ModelError
-        from .split import HIGH, LOW, Leader, follow, make_sequence_parallel
+        from .split import HIGH, LOW, Leader, follow, make_sequence_parallel, use_diffusers_context_parallel
 
         if gen.swaps or gen.memory_mode != "resident":
             raise ModelError(f"split mode needs both experts resident on every device, but memory mode "
                              f"'{gen.memory_mode}' was chosen; set [model] memory = \"resident\" or use per-device")
         experts = {HIGH: gen.components.transformer, LOW: gen.components.transformer_2}
         for model in experts.values():
-            make_sequence_parallel(model, init.rank, init.world_size)
+            if cfg.gpus.split_engine == "diffusers":
+                use_diffusers_context_parallel(model, init.world_size)
+            else:
+                make_sequence_parallel(model, init.rank, init.world_size)
         if init.rank > 0:
             # only rank 0 encodes the prompt and the photo and decodes: the others' cards keep
             # just the experts

@@ -112,6 +112,27 @@ def make_sequence_parallel(model: torch.nn.Module, rank: int, n: int) -> int:
     return count
 
 
+def use_diffusers_context_parallel(model: torch.nn.Module, n: int) -> None:
+    """Ulysses through diffusers itself (split_engine = "diffusers", CUDA only).
+
+    Its context-parallel hooks only wrap diffusers' own attention processors with a backend that
+    supports it, so the expert goes back to WanAttnProcessor on cuDNN SDPA (SageAttention/FA3
+    through our processor are not used on this path).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelConfig
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    heads = model.config.num_attention_heads
+    if heads % n:
+        raise ModelError(f"split mode: the expert's {heads} attention heads do not divide among {n} devices")
+    for block in model.blocks:
+        block.attn1.set_processor(WanAttnProcessor())
+        block.attn2.set_processor(WanAttnProcessor())
+    model.set_attention_backend("_native_cudnn")
+    model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=n))
+    log.info("split: diffusers context parallelism, ulysses_degree=%d, cuDNN attention", n)
+
+
 class Leader:
     """Rank 0: announces each expert call so the followers run it too."""
 
