@@ -21,6 +21,8 @@ async def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once_th
     # one device, so the restarted process is the one that must finish the job
     async with harness(["cpu"], frames=9, steps=20, switch_step=10) as h:
         first_pid = h.pool.procs[0].pid
+        # a terminal's Ctrl-C reaches worker processes too; they leave stopping to the daemon
+        os.kill(first_pid, signal.SIGINT)
         job = await h.submit("victim")
         # killed as the first step's progress arrives: 19 steps, the decode and the encode remain
         h.on_first("progress", "pass1", job.id, lambda: os.kill(first_pid, signal.SIGKILL))

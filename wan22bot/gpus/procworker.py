@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -274,6 +275,9 @@ def _setup_logging(name: str) -> None:
 def main() -> int:
     from ..errors import Wan22Error
 
+    # Ctrl-C in a terminal reaches the whole process group: the daemon handles it and checkpoints
+    # this process's job through "stop"; the process itself must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the original stdout; anything else printing to fd 1 lands on stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
