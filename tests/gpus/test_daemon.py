@@ -3,6 +3,7 @@ one on each worker process; the processes in the status and the metrics, and gon
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import av
 import pytest
 
 from ..daemon.conftest import PHOTO, DaemonProc
+from ..http.browser import Browser, chromium_path
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +24,17 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def _worker_pills(url: str, profile: Path) -> list[str]:
+    chromium_path()
+    async with Browser(profile) as browser:
+        page = await browser.open(url)
+        probe = "[...document.querySelectorAll('#status-line .pill')].map(p => p.textContent).filter(t => /^gpu\\d/.test(t))"
+        await page.wait_for(f"({probe}).length == 2")
+        pills = await page.evaluate(probe)
+        assert not [c for c in browser.console if c.startswith("exception")], browser.console
+        return pills
 
 
 def test_daemon_runs_a_worker_process_per_device_and_reports_them(tmp_path):
@@ -54,6 +67,11 @@ def test_daemon_runs_a_worker_process_per_device_and_reports_them(tmp_path):
         assert [w["env"] for w in st["workers"]] == [{"CUDA_VISIBLE_DEVICES": "", "NCCL_NVLS_ENABLE": "0",
                                                       "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                                                       "NVSHMEM_DISABLE_NVLS": "1"}] * 2
+        # the status page: a pill per worker process, rendered by a real Chromium
+        pills = asyncio.run(_worker_pills(f"http://127.0.0.1:{d.port}/", tmp_path / "profile"))
+        assert len(pills) == 2 and pills[0].startswith("gpu0 cpu idle") and pills[1].startswith("gpu1 cpu idle")
+        assert all("GiB RSS" in p for p in pills), pills
+        print("status page pills:", pills)
         status, metrics = d.get("/metrics")
         text = metrics.decode()
         assert status == 200
