@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def test_daemon_runs_a_worker_process_per_device_and_reports_them(tmp_path):
         for w in ("gpu0", "gpu1"):
             assert f'wan22bot_worker_process_up{{device="cpu",worker="{w}"}} 1.0' in text
             assert f'wan22bot_worker_process_busy{{device="cpu",worker="{w}"}} 0.0' in text
+            assert f'wan22bot_worker_process_restarts{{device="cpu",worker="{w}"}} 0.0' in text
+            rss = re.search(rf'wan22bot_worker_process_memory_bytes{{device="cpu",kind="rss",worker="{w}"}} (\S+)', text)
+            assert rss and float(rss.group(1)) > 1e8  # torch and the tiny model are resident
     finally:
         rc = d.stop()
     assert rc == 0
