@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -237,7 +238,12 @@ def serve(init: P.Init, ch: Channel) -> int:
     try:
         while not ch.stopping.is_set():
             ch.wake.clear()
-            job = journal.claim_next(owner=init.name)
+            try:
+                job = journal.claim_next(owner=init.name)
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout (a long VACUUM)
+                log.warning("could not claim from the journal (%s); trying again", exc)
+                ch.wake.wait(POLL_SECONDS)
+                continue
             if job is None:
                 ch.wake.wait(POLL_SECONDS)
                 continue
