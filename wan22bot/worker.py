@@ -17,7 +17,6 @@ import queue as _queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from .config import Config
 from .engine.generator import Progress
 from .errors import Cancelled, DiskFull, Wan22Error
 from .fsutil import fsync_dir
+from .health import Health
 from .jobs import JobState
 from .queue import Job, JobQueue
 from .render import Renderer
@@ -82,18 +82,6 @@ class GpuThread:
         if wait:
             self._thread.join(timeout)
         return not self._thread.is_alive()
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    state: str  # "idle" | "loading" | "running" | "stuck" | "dead" | "stopped"
-    detail: str = ""
-    seconds_since_beat: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "state": self.state, "detail": self.detail,
-                "seconds_since_beat": round(self.seconds_since_beat, 1)}
 
 
 class Worker:

@@ -29,7 +29,7 @@ from ..config import Config
 from ..jobs import JobResult, JobState
 from ..queue import Job, JobQueue
 from ..queue.models import JobEvent
-from ..worker import Health
+from ..health import Health
 from . import protocol as P
 
 log = logging.getLogger(__name__)
