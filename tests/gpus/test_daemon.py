@@ -73,6 +73,9 @@ def test_daemon_runs_a_worker_process_per_device_and_reports_them(tmp_path):
         assert len(pills) == 2 and pills[0].startswith("gpu0 cpu idle") and pills[1].startswith("gpu1 cpu idle")
         assert all("GiB RSS" in p for p in pills), pills
         print("status page pills:", pills)
+        # the models live in the worker processes: the daemon itself never loads torch
+        assert "libtorch" not in Path(f"/proc/{d.proc.pid}/maps").read_text()
+        assert "libtorch" in Path(f"/proc/{pids[0]}/maps").read_text()
         status, metrics = d.get("/metrics")
         text = metrics.decode()
         assert status == 200
