@@ -19,11 +19,12 @@ PHOTO = REPO / "examples" / "photo.jpg"
 START_TIMEOUT = 120.0
 
 
-def make_config(root: Path, devices: list[str], mode: str = "per-device", frames: int = 5, **gen):
+def make_config(root: Path, devices: list[str], mode: str = "per-device", frames: int = 5, width: int = 64,
+                height: int = 96, **gen):
     return config_from_dict({
         "paths": {"input": str(root / "in"), "output": str(root / "out"), "state": str(root / "state")},
         "model": {"kind": "tiny", "device": "cpu"},
-        "generation": {"frames": frames, "width": 64, "height": 96, "seed": 7, **gen},
+        "generation": {"frames": frames, "width": width, "height": height, "seed": 7, **gen},
         "interpolation": {"enabled": False},
         "watch": {"enabled": False}, "http": {"enabled": False}, "discord": {"enabled": False},
         "gpus": {"devices": devices, "mode": mode},

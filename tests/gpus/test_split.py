@@ -64,3 +64,17 @@ async def test_split_render_matches_a_one_device_render(harness, tmp_path):
     diff = int(np.abs(a - b).max())
     print(f"split vs one device: max abs difference {diff} code values over {a.size} samples")
     assert diff <= MAX_CODE_DIFF
+
+
+async def test_a_size_whose_tokens_do_not_divide_fails_the_job_and_the_group_stays(harness):
+    # 80x112, one frame: 5 x 7 patches = 35 tokens, which two devices cannot share
+    async with harness(["cpu", "cpu"], mode="split", frames=1, width=80, height=112) as h:
+        pids = [p.pid for p in h.pool.procs]
+        job = await h.submit("odd")
+        await wait_for(lambda: h.final(job.id), 60, "the job to be refused")
+        failed = await h.queue.get(job.id)
+        assert failed.state == JobState.failed
+        assert "35 tokens, which do not divide among 2 devices" in failed.error and "per-device" in failed.error
+        # refused before rank 1 was told: nobody restarted, nobody is waiting mid-exchange
+        assert [p.pid for p in h.pool.procs] == pids and [p.restarts for p in h.pool.procs] == [0, 0]
+        assert h.pool.procs[1].calls == 0 and h.pool.procs[0].state == "idle"
