@@ -16,8 +16,11 @@ from wan22bot.gpus.split import use_diffusers_context_parallel
 
 def test_diffusers_context_parallel_cannot_build_its_mesh_on_a_cpu_only_torch():
     from diffusers import WanTransformer3DModel
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     assert not torch.cuda.is_available()
+    # set_attention_backend also sets diffusers' process-wide default: put it back for later tests
+    before, _ = _AttentionBackendRegistry.get_active_backend()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -29,4 +32,5 @@ def test_diffusers_context_parallel_cannot_build_its_mesh_on_a_cpu_only_torch():
             use_diffusers_context_parallel(model, 2)
         assert all(type(b.attn1.processor).__name__ == "WanAttnProcessor" for b in model.blocks)
     finally:
+        _AttentionBackendRegistry.set_active_backend(before)
         dist.destroy_process_group()
