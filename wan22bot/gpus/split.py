@@ -8,13 +8,14 @@ sequence, self-attention trades sequence for heads with an all-to-all (each rank
 all tokens for H/N heads), and the output projection's result is gathered so each rank returns the
 full prediction. Cross-attention needs no exchange: the text is whole on every rank.
 
-Why not diffusers' own `enable_parallelism(ContextParallelConfig(ulysses_degree=N))`: in diffusers
-0.42.1 it cannot run without an accelerator (ModelMixin._resolve_parallel_config computes
-`rank % torch.accelerator.device_count()`, which is `integer modulo by zero` on a CPU-only torch),
-so the CPU/gloo tests could not check it; and it only covers diffusers' own attention backends,
-not the processor with a pluggable core (engine/custom_attention.py) that SageAttention and the
-fp8 kernels come in through. The layout here is the same as its Wan plan (split at `rope` and at
-`blocks.0`, gather at `proj_out`); the exchange wraps whatever core the expert already uses.
+Why this is the default rather than diffusers' own `enable_parallelism(ContextParallelConfig(
+ulysses_degree=N))` (which `use_diffusers_context_parallel` below offers on CUDA): in diffusers
+0.42.1 that cannot run without an accelerator (ModelMixin._resolve_parallel_config computes
+`rank % torch.accelerator.device_count()`, `integer modulo by zero` on a CPU-only torch), so the
+CPU/gloo tests could not check it; and it only covers diffusers' own attention backends, not the
+processor with a pluggable core (engine/custom_attention.py) that SageAttention and FA3 come in
+through. The layout here is the same as its Wan plan (split at `rope` and at `blocks.0`, gather at
+`proj_out`); the exchange wraps whatever core the expert already uses.
 """
 
 from __future__ import annotations
