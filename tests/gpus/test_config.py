@@ -68,3 +68,14 @@ def test_each_process_sees_only_its_card_and_multicast_is_off():
     for e in env + split + [cpu]:
         assert {k: e[k] for k in MULTICAST_OFF} == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                                                     "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def test_check_names_listed_cards_that_are_not_visible(tmp_path):
+    from wan22bot.commands.check import run_checks
+
+    paths = {"input": str(tmp_path), "output": str(tmp_path), "state": str(tmp_path)}
+    rep = run_checks(config_from_dict({"paths": paths, "gpus": {"devices": ["cuda:0", "cuda:1"]}}))
+    assert any("[gpus] devices lists cuda:0, cuda:1, but 0 CUDA device(s) are visible" in e for e in rep.errors)
+    rep = run_checks(config_from_dict({"paths": paths, "gpus": {"devices": ["cpu", "cpu"], "mode": "split"}}))
+    assert "[gpus] mode split on cpu, cpu: each job over all of them, a worker process each" in rep.ok
+    assert not [e for e in rep.errors if "gpus" in e]

@@ -105,7 +105,8 @@ def run_checks(cfg: Config) -> Report:
             rep.errors.append(f"[gpus] devices lists {', '.join(missing)}, but {count} CUDA device(s) are visible "
                               "here: list only cards that exist (nvidia-smi -L)")
         else:
-            rep.ok.append(f"[gpus] mode {cfg.gpus.mode} on {', '.join(cfg.devices)}: a worker process per device")
+            what = "each job over all of them" if cfg.gpus.mode == "split" else "a job per device at once"
+            rep.ok.append(f"[gpus] mode {cfg.gpus.mode} on {', '.join(cfg.devices)}: {what}, a worker process each")
 
     # attention
     backends = available_backends(dev)
