@@ -102,3 +102,24 @@ def test_fa3_fp8_quantiser_keeps_values_within_e4m3_rounding():
     back = q8.float() * scale[:, None, :, None]
     rel = (back - x.float()).norm() / x.float().norm()
     assert rel < 0.04  # e4m3 keeps 3 mantissa bits: about 2-3% relative error
+
+
+def test_one_experts_backend_does_not_leak_into_the_other():
+    """diffusers' set_attention_backend also sets a process-wide default; an expert left on
+    `auto` (SDPA) must keep native SDPA when the other expert asked for another kernel."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    from wan22bot.engine.tiny import tiny_components
+
+    parts = tiny_components(0)
+    high, low = parts["transformer"], parts["transformer_2"]
+    cpu = torch.device("cpu")
+    attention.apply_attention_backend(high, "math", cpu)
+    attention.apply_attention_backend(low, "auto", cpu)
+
+    def backends(model):
+        return {blk.attn1.processor._attention_backend for blk in model.blocks}
+
+    assert backends(high) == {AttentionBackendName._NATIVE_MATH}
+    assert backends(low) == {AttentionBackendName.NATIVE}
+    assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE

@@ -175,6 +175,22 @@ def self_check(core: Core, device: torch.device, tokens: int = 4096, heads: int 
     return float((out - ref).norm() / ref.norm())
 
 
+def _set_diffusers_backend(model: torch.nn.Module, backend: str) -> None:
+    """Pin `backend` on this model's processors only.
+
+    diffusers' `set_attention_backend` also makes its backend the process-wide default, which every
+    processor without a backend of its own then follows: one expert's `cudnn` would leak into the
+    other expert (and any later model). Each model's processors are pinned explicitly, and the
+    process-wide default is put back to native SDPA.
+    """
+    if not hasattr(model, "set_attention_backend"):
+        return
+    model.set_attention_backend(backend)
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)
+
+
 def _install(model: torch.nn.Module, name: str) -> None:
     from .custom_attention import install_core
 
@@ -224,12 +240,14 @@ def apply_attention_backend(model: torch.nn.Module, name: str, device: torch.dev
             log.info("attention auto: skipped %s", line)
         if choice.backend != "sdpa":
             _install(model, choice.backend)
+        else:
+            _set_diffusers_backend(model, DIFFUSERS_NAMES["sdpa"])
         return choice
     why = unavailable_reason(name, device)
     if why is not None:
         raise ModelError(f"attention backend '{name}' cannot run here: {why}; use 'auto' or 'sdpa'")
     if name in DIFFUSERS_NAMES:
-        model.set_attention_backend(DIFFUSERS_NAMES[name])
+        _set_diffusers_backend(model, DIFFUSERS_NAMES[name])
         return AttentionChoice(name, name)
     if name == "fp8":
         from . import fp8_attention
