@@ -12,20 +12,7 @@
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/wan22bot-bench}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-SITE=/tmp/site
-mkdir -p "$SITE"
-for d in .whl .whl-fa3 .whl-av; do
-    if compgen -G "$d/*.whl" >/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$d"/*.whl
-    fi
-done
-if [ -f .sage-built.tar.gz ] && [ ! -d "$SITE/sageattention" ]; then
-    tar -xzf .sage-built.tar.gz -C "$SITE"
-fi
+. "$(dirname "$0")/device-env.sh"
 # SNAP: a clean export of the package to run instead of the working tree (optional)
 if [ -n "${SNAP:-}" ]; then cp -r .sage "$SNAP/" 2>/dev/null; cd "$SNAP"; fi
 export PYTHONPATH="$SITE:$PWD"
@@ -50,11 +37,6 @@ step_levers81() {
         --variants "${LEVERS81:-stock,fp8lin+auto+compile,fp8static+auto+compile,fp8delayed+auto+compile,fp8static+fa3+compile}" \
         --large-variants "${LEVERS81:-stock,fp8lin+auto+compile,fp8static+auto+compile,fp8delayed+auto+compile,fp8static+fa3+compile}" \
         --json "$OUT/levers81.json"
-}
-
-random_rife() {
-    mkdir -p /tmp/rife-random
-    python3 -c "import torch; from wan22bot.interpolate import IFNet; torch.save(IFNet().state_dict(), '/tmp/rife-random/flownet.pkl')"
 }
 
 step_e2e() {

@@ -16,29 +16,11 @@
 # architecture with random weights (timing only). JOBS (default 8) timed jobs per per-device run,
 # SPLIT_JOBS (default 3) per split run, after one warm-up job per worker process.
 set -uo pipefail
-OUT=${OUT:-/tmp/wan22bot-bench}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-# NVLink multicast off here and (the supervisor sets them again) in every worker process
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-SITE=/tmp/site
-mkdir -p "$SITE"
-for d in .whl .whl-fa3 .whl-av; do
-    if compgen -G "$d/*.whl" >/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$d"/*.whl
-    fi
-done
-if [ -f .sage-built.tar.gz ] && [ ! -d "$SITE/sageattention" ]; then
-    tar -xzf .sage-built.tar.gz -C "$SITE"
-fi
+. "$(dirname "$0")/device-env.sh"
 export PYTHONPATH="$SITE:$PWD"
 JOBS=${JOBS:-8}
 SPLIT_JOBS=${SPLIT_JOBS:-3}
 
-random_rife() {
-    mkdir -p /tmp/rife-random
-    [ -f /tmp/rife-random/flownet.pkl ] || python3 -c "import torch; from wan22bot.interpolate import IFNet; torch.save(IFNet().state_dict(), '/tmp/rife-random/flownet.pkl')"
-}
 
 run() {  # run NAME DEVICES MODE JOBS [bench options]
     random_rife
