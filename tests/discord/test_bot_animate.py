@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import discord
 import pytest
@@ -16,11 +17,30 @@ from wan22bot.sources.discord.format import secs
 SECONDS = re.compile(r"^\d+(\.\d+)? s$|^\d+ min \d\d s$")
 
 
-async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog):
+async def test_animate_defer_position_progress_and_video(rig, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
-    # Many short steps and a short interval: each pass lasts several intervals even on an idle machine
-    # (20 steps a pass; more only made the test slower).
+    # Many short steps and a short interval. Each step is held to at least 20 ms (in the worker
+    # thread), so each 20-step pass lasts about 8 edit intervals however fast the machine is: on a
+    # quick one the tiny model finished pass 2 inside one interval and no pass-2 edit was due.
     interval = 0.05
+    import wan22bot.engine.generator as generator_module
+
+    real_make_scheduler = generator_module.make_scheduler
+
+    def paced_scheduler(shift):
+        sched = real_make_scheduler(shift)
+        step = sched.step
+
+        def paced_step(*args, **kwargs):
+            t_end = time.monotonic() + 0.02
+            out = step(*args, **kwargs)
+            time.sleep(max(0.0, t_end - time.monotonic()))
+            return out
+
+        sched.step = paced_step
+        return sched
+
+    monkeypatch.setattr(generator_module, "make_scheduler", paced_scheduler)
     await rig.start(worker=False, generation={"steps": 40, "switch_step": 20}, fast_edits=interval)
     fake = rig.fake
     progress_events = []
