@@ -17,6 +17,7 @@ from ...images import check_photo
 from ...jobs import JobOptions, JobSpec
 from ...queue import QueueFull
 from ...queue.jobqueue import safe_stem
+from ...validation import first_problem
 from .errors import RequestError
 
 if TYPE_CHECKING:
@@ -65,30 +66,12 @@ def clean_filename(name: str | None, suffix: str) -> str:
 
 def options_error(exc: ValidationError, given: dict[str, str]) -> tuple[str, str]:
     """The first problem in the options as (field, one human sentence naming the field)."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err.get("loc", ())) or "options"
-    kind = err.get("type", "")
-    msg = err.get("msg", "").removeprefix("Value error, ")
-    value = given.get(field)
-    shown = repr(value) if value is not None else ""
-    if kind == "extra_forbidden":
+    problem = first_problem(exc)
+    field = problem.key or "options"
+    if problem.unknown_key:
         return field, f"unknown field {field!r}; allowed fields are photo, {', '.join(OPTION_FIELDS)}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return field, f"{field} must be a whole number, got {shown}"
-    if kind in ("bool_parsing", "bool_type"):
-        return field, f"{field} must be true or false, got {shown}"
-    if kind == "literal_error":
-        allowed = ", ".join(str(v) for v in err.get("ctx", {}).get("expected", "").replace("'", "").split(" or "))
-        return field, f"{field} must be one of {allowed}, got {shown}"
-    if kind == "greater_than_equal":
-        return field, f"{field} must be at least {err['ctx']['ge']}, got {shown}"
-    if kind == "less_than_equal":
-        return field, f"{field} must be at most {err['ctx']['le']}, got {shown}"
-    if kind == "string_too_long":
-        return field, f"{field} is too long: at most {err['ctx']['max_length']} characters"
-    if msg.startswith(field):
-        return field, msg
-    return field, f"{field} {shown}: {msg}" if shown else f"{field}: {msg}"
+    value = given.get(field)
+    return field, problem.explain(field, repr(value) if value is not None else "")
 
 
 def upload_cap(cfg: Config) -> tuple[int, str]:
