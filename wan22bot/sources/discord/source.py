@@ -37,8 +37,9 @@ from ...config import Config, check_model_frames
 from ...errors import ConfigError, DiskFull, InputError
 from ... import images
 from ...images import PhotoInfo
-from ...jobs import JobOptions, JobSpec, JobState
+from ...jobs import FINAL_STATES, JobOptions, JobSpec, JobState
 from ...queue import Job, JobEvent, JobQueue, QueueFull
+from ...validation import first_problem
 from . import access
 from . import format as fmt
 from .client import BotClient, intents_for
@@ -51,7 +52,7 @@ from .tracker import TRANSIENT, Tracker
 log = logging.getLogger(__name__)
 
 ACTIVE = [JobState.queued, JobState.running]
-FINAL = ("done", "failed", "cancelled")
+FINAL = FINAL_STATES
 RETRY_DELAYS = (5.0, 15.0, 60.0, 300.0)  # then every 15 minutes
 STOP_GRACE = 10.0  # seconds deliveries in flight get at stop()
 
@@ -459,7 +460,7 @@ class DiscordSource:
                                      interpolate=req.interpolate)
                 check_model_frames(options.frames, self.cfg.model.kind)
             except ValidationError as exc:
-                return None, f"Those options don't work: {exc.errors()[0].get('msg', 'invalid value')}."
+                return None, f"Those options don't work: {first_problem(exc).explain()}."
             except ValueError as exc:  # more frames than this model makes
                 return None, f"Those options don't work: {exc}."
             try:
