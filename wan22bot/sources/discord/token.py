@@ -4,7 +4,8 @@ Looked up in this order (the same order `wan22bot check` reports):
 
 1. the environment variable named by ``discord.token_env`` (default ``WAN22BOT_DISCORD_TOKEN``);
 2. the file named by ``discord.token_file``;
-3. ``$CREDENTIALS_DIRECTORY/discord-token`` (systemd ``LoadCredential=discord-token:/path``).
+3. ``$CREDENTIALS_DIRECTORY/discord-token`` (the shipped unit's ``LoadCredential=discord-token``,
+   from ``/etc/credstore/discord-token``; systemd skips it when that file is missing).
 
 Error messages name where the token was looked for, never what it contains.
 """
