@@ -11,6 +11,7 @@ from ..config import Config, check_model_frames
 from ..errors import ConfigError
 from ..jobs import JobOptions
 from ..render import Renderer
+from ..validation import first_problem
 from .report import ProgressLine, timing_table
 
 
@@ -19,9 +20,8 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
         options = JobOptions(prompt=args.prompt, frames=args.frames, seed=args.seed,
                              interpolate=args.interpolate, preset=args.preset, steps=args.steps)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = "--" + ".".join(str(p) for p in err.get("loc", ())).replace("_", "-")
-        raise ConfigError(f"{key}: {err.get('msg', 'invalid value').removeprefix('Value error, ')}") from None
+        problem = first_problem(exc)
+        raise ConfigError(f"--{problem.key.replace('_', '-')}: {problem.message}") from None
     try:  # before the model loads: the tiny model would fail deep inside the transformer instead
         check_model_frames(options.frames or cfg.generation.frames, cfg.model.kind)
     except ValueError as exc:
