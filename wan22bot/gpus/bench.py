@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..jobs import JobOptions, JobSpec, JobState
+from ..jobs import FINAL_STATES, JobOptions, JobSpec, JobState
 from ..queue import JobQueue
 from .supervisor import WorkerPool
 
@@ -32,7 +32,7 @@ async def _run_batch(queue: JobQueue, photo: bytes, n: int, tag: str, opts: JobO
     finished = asyncio.Event()
 
     def on_event(ev) -> None:
-        if ev.kind in ("done", "failed", "cancelled") and ev.job.id in ids:
+        if ev.kind in FINAL_STATES and ev.job.id in ids:
             done[ev.job.id] = ev.job
             if len(done) == n:
                 finished.set()

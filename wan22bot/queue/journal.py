@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..jobs import JobResult, JobSpec, JobState
+from ..jobs import FINAL_STATES, JobResult, JobSpec, JobState
 from .models import Job
+
+_FINAL_SQL = ",".join(f"'{s}'" for s in FINAL_STATES)  # for "state IN (...)"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -252,7 +254,7 @@ class Journal:
         with self._lock:
             cur = self._db.execute(
                 "DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ? AND delivered=1 "
-                "AND state IN ('done','failed','cancelled')", (cutoff,))
+                f"AND state IN ({_FINAL_SQL})", (cutoff,))
             return cur.rowcount
 
     def delivered_outputs(self) -> list[tuple[str, Path, Path]]:
@@ -348,7 +350,7 @@ class Journal:
 
     def undelivered(self, source: str) -> list[Job]:
         rows = self._q(
-            f"SELECT {COLUMNS} FROM jobs WHERE source=? AND delivered=0 AND state IN ('done','failed','cancelled') "
+            f"SELECT {COLUMNS} FROM jobs WHERE source=? AND delivered=0 AND state IN ({_FINAL_SQL}) "
             "ORDER BY seq",
             (source,),
         )

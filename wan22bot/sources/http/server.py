@@ -14,6 +14,7 @@ from aiohttp.abc import AbstractAccessLogger
 from ...config import Config
 from ...links import link_secret
 from ...errors import ConfigError
+from ...jobs import FINAL_STATES
 from ...metrics import Metrics
 from ...queue import Job, JobEvent, JobQueue
 from .auth import auth_middleware, is_public, read_token
@@ -192,6 +193,6 @@ class HttpSource:
     def _on_event(self, event: JobEvent):
         self.events.publish({"kind": event.kind, "stage": event.stage, "step": event.step, "steps": event.steps,
                              "job": job_json(event.job)})
-        if event.job.source == "http" and event.kind in ("done", "failed", "cancelled"):
+        if event.job.source == "http" and event.kind in FINAL_STATES:
             return self.queue.mark_delivered(event.job.id)  # fetched by polling: final means delivered
         return None
