@@ -52,7 +52,7 @@ class AttentionChoice:
 
     def describe(self) -> str:
         err = "" if self.self_check_error is None else f", self-check error {self.self_check_error:.4f}"
-        via = f" (auto)" if self.requested == "auto" else ""
+        via = " (auto)" if self.requested == "auto" else ""
         return f"{self.backend}{via}{err}"
 
 
