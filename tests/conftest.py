@@ -11,6 +11,7 @@ processes with the same setting); set OMP_NUM_THREADS yourself to override it.
 from __future__ import annotations
 
 import os
+import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -31,3 +32,17 @@ def tiny_generator():
     gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu"))
     gen.load()
     return gen
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: a real ENOSPC, not a simulated one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +77,6 @@ def test_rejects_frames_of_the_wrong_type(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         encode_mp4(np.zeros((2, 16, 16, 3), np.float32), tmp_path / "x.mp4", 16)
     assert not list(tmp_path.iterdir())
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs: a real ENOSPC, not a simulated one."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_full_disk_raises_disk_full_and_leaves_no_partial_file(tiny_disk):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 
 import av
 import numpy as np
@@ -109,20 +108,6 @@ def test_a_producer_error_stops_the_encoder_and_leaves_nothing(tmp_path):
     assert not list(tmp_path.glob(".*.part"))
     with pytest.raises(RuntimeError, match="after finish"):
         enc.put(PlaneChunk(*map(torch.from_numpy, planes_of(moving_frames(1, H, W)))))
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs: a real ENOSPC, not a simulated one."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_full_disk_in_the_encoder_thread_is_disk_full(tiny_disk):
