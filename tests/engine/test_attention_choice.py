@@ -123,3 +123,9 @@ def test_one_experts_backend_does_not_leak_into_the_other():
     assert backends(high) == {AttentionBackendName._NATIVE_MATH}
     assert backends(low) == {AttentionBackendName.NATIVE}
     assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
+
+    # the other order: the explicit choice comes last and must not become the process default
+    other = tiny_components(1)["transformer"]
+    attention.apply_attention_backend(other, "math", cpu)
+    assert backends(other) == {AttentionBackendName._NATIVE_MATH}
+    assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE

@@ -85,7 +85,9 @@ class PinnedSwap:
             return 0.0
         t0 = time.perf_counter()
         for name, host in self.host.items():
-            self._assign(name, host.to(self.device, non_blocking=True))
+            # copy=True: on a CPU too the module gets its own tensors, as on a GPU, so what it
+            # writes while "on the device" reaches the host copy only through evict()
+            self._assign(name, host.to(self.device, non_blocking=True, copy=True))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.on_device = True
