@@ -8,9 +8,11 @@ message names the key, the value given and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -241,6 +243,73 @@ class QueueConfig(_Section):
     # No word from the GPU thread for this long while it loads or runs a job = stuck: /healthz says
     # so and the systemd watchdog pings stop, so systemd restarts the daemon.
     stall_minutes: float = Field(15.0, gt=0.0)
+    # "redis": several boxes on one queue. The front keeps this journal; jobs travel to the workers
+    # on a Redis stream (queue/dispatcher.py, queue/remote.py).
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    # redis://host:port/db, or rediss://... for TLS. The password is a credential, never written here
+    # (queue/redis_conn.py reads WAN22BOT_REDIS_PASSWORD or $CREDENTIALS_DIRECTORY/redis-password).
+    url: str | None = None
+    # Where workers PUT results; empty: http://{[http] host}:{[http] port} of the front.
+    front_url: str | None = None
+    redis_prefix: str = "wan22bot"  # key prefix: several installs can share one Redis
+    heartbeat_seconds: float = Field(5.0, gt=0.0, le=3600.0)  # a worker re-claims its entry this often
+    # An entry nobody re-claimed for this long belongs to a worker that stopped: another takes it over.
+    claim_timeout_seconds: float = Field(60.0, gt=0.0, le=86400.0)
+    photo_max_mb: float = Field(32.0, gt=0.0, le=4096.0)  # photos up to this size travel inside the entry
+    # A folder every box mounts: the front copies photos there and entries carry the path instead.
+    shared_folder: Path | None = None
+    max_result_mb: float = Field(4096.0, gt=0.0, le=65536.0)  # cap of a result a worker PUTs to the front
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v):
+            raise ValueError("must be 1-64 letters, digits or _ . : - (it starts every Redis key name)")
+        return v
+
+    @model_validator(mode="after")
+    def _redis(self) -> "QueueConfig":
+        # checked here rather than per field: a field error would print the URL, password and all
+        if self.url is not None:
+            u = urlsplit(self.url)
+            if u.scheme not in ("redis", "rediss"):
+                raise ValueError("url must start with redis:// (or rediss:// for TLS), e.g. "
+                                 "url = \"redis://10.0.0.5:6379/0\"")
+            if u.password is not None:
+                raise ValueError("url holds a password: remove it from the config file and put it in the "
+                                 "credential (env WAN22BOT_REDIS_PASSWORD, or the systemd credential "
+                                 "redis-password)")
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend = \"redis\" needs url = \"redis://host:port/db\" (the Redis every box "
+                             "shares)")
+        if self.front_url is not None:
+            u = urlsplit(self.front_url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError("front_url must be an http:// or https:// address of the front box, e.g. "
+                                 "front_url = \"http://10.0.0.5:8622\"")
+            if u.password is not None or u.username is not None:
+                raise ValueError("front_url holds a user or password: remove it; workers send the [http] token "
+                                 "(the env named by http.token_env)")
+        if self.claim_timeout_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(f"claim_timeout_seconds ({self.claim_timeout_seconds:g}) must be more than twice "
+                             f"heartbeat_seconds ({self.heartbeat_seconds:g}), or a worker that is merely slow "
+                             f"loses its job; raise claim_timeout_seconds above {2 * self.heartbeat_seconds:g}")
+        return self
+
+
+class WorkerConfig(_Section):
+    # false on a front box with no GPU: it keeps the queue and the sources, workers elsewhere render
+    enabled: bool = True
+    # The worker's consumer name on the Redis stream; empty: "<hostname>-<6 hex of the state folder>",
+    # the same across restarts, so a restarted worker resumes the entries it held.
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+            raise ValueError("must be 1-64 letters, digits or _ . - (it names the worker in Redis and the status)")
+        return v
 
 
 class SchedulerConfig(_Section):
@@ -289,6 +358,7 @@ class Config(_Section):
     queue: QueueConfig = QueueConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     gpus: GpusConfig = GpusConfig()
+    worker: WorkerConfig = WorkerConfig()
     # The file it was read from (None: built-in defaults).
     source: Annotated[Path | None, Field(exclude=True)] = None
 
@@ -430,6 +500,7 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         (cfg.model, ("comfyui", "path", "high_noise", "low_noise", "text_encoder", "vae", "lora_high", "lora_low")),
         (cfg.interpolation, ("weights",)),
         (cfg.discord, ("token_file",)),
+        (cfg.queue, ("shared_folder",)),
     ):
         for k in keys:
             object.__setattr__(section, k, fix(getattr(section, k)))
