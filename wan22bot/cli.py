@@ -1,4 +1,4 @@
-"""`wan22bot` command line: run, generate, bench, check, fetch-rife, fetch-models.
+"""`wan22bot` command line: run, worker, generate, bench, check, fetch-rife, fetch-models.
 
 Errors meant for the user (bad config, bad photo, missing model) print one message and exit with
 a non-zero code; only bugs produce tracebacks.
@@ -20,6 +20,7 @@ EPILOG = """examples:
   wan22bot generate photo.jpg --frames 81 --prompt "she smiles and waves" --seed 7
   wan22bot check                                         is the config/model/GPU usable?
   wan22bot run                                           the daemon (what systemd starts)
+  wan22bot worker -c worker.toml                         render for a front box's Redis queue (docs/SCALING.md)
   wan22bot bench --frames 25,49,81                       the seed's benchmark table
   wan22bot fetch-models --dest /srv/models               the seed's six model files (about 38 GB)
 
@@ -69,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
     add_config(r)
+
+    w = sub.add_parser(
+        "worker",
+        help="render jobs from a front box's Redis queue (several boxes; docs/SCALING.md)",
+        description="Take jobs from the Redis queue a front box (`wan22bot run` with [queue] backend = \"redis\")\n"
+                    "fills, render them on this box's GPU and send each MP4 and sidecar back to the front over\n"
+                    "HTTP. A worker has no sources: it watches no folder, serves nothing and talks to no chat.\n\n"
+                    "Its config is a copy of the front's with its own [paths] state (or --state). It needs:\n"
+                    "  [queue] backend = \"redis\" and url = \"redis://host:port/db\" (the front's Redis),\n"
+                    "  [queue] front_url = \"http://front:8622\" when the front's [http] host is 0.0.0.0 or ::,\n"
+                    "  the front's HTTP token in the env named by [http] token_env (or the systemd credential\n"
+                    "  http-token), and the Redis password, if any, in WAN22BOT_REDIS_PASSWORD (or the\n"
+                    "  credential redis-password).\n\n"
+                    "SIGTERM or Ctrl-C checkpoints the running job at its next step and hands it back to the\n"
+                    "queue. Exit codes: 0 stopped, 2 config error, 10 state folder unusable, 11 another\n"
+                    "wan22bot process holds the state folder.",
+        epilog="examples:\n"
+               "  wan22bot worker -c /etc/wan22bot/worker.toml\n"
+               "  CUDA_VISIBLE_DEVICES=1 wan22bot worker -c worker.toml --state /var/lib/wan22bot-worker/1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    w.add_argument("--state", type=Path, default=None, metavar="DIR",
+                   help="this worker's state folder (lock, spool, results; default: [paths] state); one per "
+                        "worker process")
+    add_config(w)
 
     g = sub.add_parser("generate", help="make one video from a photo, no daemon",
                        description="Make one video from a photo and print the per-stage timing table. "
@@ -183,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.fetch_models import cmd_fetch_models
 
             return cmd_fetch_models(cfg, args)
+        if args.command == "worker":
+            from .commands.worker import cmd_worker
+
+            return cmd_worker(cfg, args)
         if args.command == "run":
             from .daemon import run_daemon
 
