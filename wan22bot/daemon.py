@@ -23,10 +23,12 @@ import sys
 from pathlib import Path
 
 from .config import Config, load_config
+from .credentials import adopt_http_token_credential
 from .errors import ConfigError
 from .notify import Notifier
 from .queue import JobQueue
 from .statedir import StateLock, check_writable
+from .worker_role import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,22 @@ class Daemon:
         cfg = self.cfg
         check_writable(Path(cfg.paths.state))
         self.lock.acquire()
+        adopt_http_token_credential(cfg)  # the unit's LoadCredential=http-token, when the env has none
+        token = None
         if cfg.http.enabled:
             from .sources.http import read_token
 
-            read_token(cfg)  # a missing required token stops us before minutes of model loading
+            token = read_token(cfg)  # a missing required token stops us before minutes of model loading
+        if cfg.queue.backend == "redis":
+            if not cfg.http.enabled:
+                raise ConfigError("[queue] backend = \"redis\" needs [http] enabled = true: workers on other boxes "
+                                  "send their results to this front over HTTP")
+            if token is None:
+                raise ConfigError(
+                    f"[queue] backend = \"redis\": workers send their results to this front with its HTTP bearer "
+                    f"token, and there is none: put one in the environment variable {cfg.http.token_env} "
+                    "([http] token_env; e.g. the output of `openssl rand -hex 32`), or in the systemd credential "
+                    "http-token, and give the workers the same token")
         if cfg.interpolation.enabled and not Path(cfg.interpolation.weights).is_file():
             raise ConfigError(f"interpolation.enabled is on but {cfg.interpolation.weights} does not exist: "
                               "run `wan22bot fetch-rife` first (or turn interpolation off)")
@@ -98,12 +112,29 @@ class Daemon:
                      Path(self.config_path).absolute() if self.config_path else "(built-in defaults)",
                      cfg.paths.state, cfg.model.kind, cfg.model.device)
 
+            redis = cfg.queue.backend == "redis"
+            # jobs held by workers on other boxes are not "left by an unclean stop" of this one: the
+            # dispatcher reconciles them with the stream instead of the journal re-queueing them
             self.queue = JobQueue(cfg.paths.state, cfg.paths.output, max_length=cfg.queue.max_length,
-                                  max_attempts=cfg.queue.max_attempts)
+                                  max_attempts=cfg.queue.max_attempts, **({"keep_claimed_by": "redis"} if redis else {}))
             stack.push_async_callback(self.queue.close)
             await self.queue.start()
             self.queue.add_listener(self._on_event)
-            if len(cfg.devices) > 1 or cfg.gpus.mode == "split":
+            if redis:
+                from .front import FrontWorkers
+
+                self.worker = FrontWorkers(cfg, self.queue)
+                log.info("queue on Redis %s (prefix %s): workers on other boxes render%s", redacted_url(cfg.queue.url),
+                         cfg.queue.redis_prefix, "; so does this box ([worker] enabled = true)" if cfg.worker.enabled
+                         else "; this box renders nothing ([worker] enabled = false)")
+            elif not cfg.worker.enabled:
+                from .front import NoWorker
+
+                self.worker = NoWorker()
+                log.warning("[worker] enabled = false with the SQLite queue: nothing renders on this box; jobs are "
+                            "accepted and wait in the queue (set [worker] enabled = true, or [queue] backend = "
+                            "\"redis\" with workers on other boxes)")
+            elif len(cfg.devices) > 1 or cfg.gpus.mode == "split":
                 from .gpus.supervisor import WorkerPool  # a worker process per device (or a split group)
 
                 self.worker = WorkerPool(cfg, self.queue)
