@@ -56,13 +56,17 @@ def sha256_bytes(data: bytes) -> str:
 
 
 class JobQueue:
-    def __init__(self, state_dir: Path, output_dir: Path, *, max_length: int = 100, max_attempts: int = 3):
+    def __init__(self, state_dir: Path, output_dir: Path, *, max_length: int = 100, max_attempts: int = 3,
+                 keep_claimed_by: str | None = None):
         # absolute, so the journal never stores a path whose meaning depends on the working directory
         self.state_dir = Path(state_dir).absolute()
         self.spool = self.state_dir / "spool"
         self.output_dir = Path(output_dir).absolute()
         self.max_length = max_length
         self.max_attempts = max_attempts
+        # jobs claimed under this name live on other boxes (the Redis dispatcher's "redis"): a restart
+        # of this process says nothing about them, so recovery leaves them running
+        self.keep_claimed_by = keep_claimed_by
         self.spool.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.state_dir / "jobs.sqlite")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="journal")
@@ -84,7 +88,8 @@ class JobQueue:
         if migrated:
             log.info("journal: %d jobs had paths relative to an old working directory; re-anchored in %s and %s",
                      migrated, self.spool, self.output_dir)
-        requeued, failed = await self._run(self.journal.recover, self.max_attempts)
+        requeued, failed = await self._run(self.journal.recover, self.max_attempts,
+                                           keep_claimed_by=self.keep_claimed_by)
         for jid in requeued:
             log.info("job %s: re-queued after an unclean stop", jid)
         for jid in failed:

@@ -195,11 +195,17 @@ class Journal:
 
         return self._tx(tx)
 
-    def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
-        """At start: jobs left 'running' by a crash go back to the queue, or fail after max_attempts."""
+    def recover(self, max_attempts: int, *, keep_claimed_by: str | None = None) -> tuple[list[str], list[str]]:
+        """At start: jobs left 'running' by a crash go back to the queue, or fail after max_attempts.
+
+        Jobs claimed by `keep_claimed_by` are left running: they run elsewhere (another box) and
+        whoever claimed them settles them."""
 
         def tx(db: sqlite3.Connection):
-            rows = db.execute("SELECT id, attempts FROM jobs WHERE state='running'").fetchall()
+            sql, args = "SELECT id, attempts FROM jobs WHERE state='running'", ()
+            if keep_claimed_by is not None:
+                sql, args = sql + " AND claimed_by IS NOT ?", (keep_claimed_by,)  # IS NOT: NULL owners too
+            rows = db.execute(sql, args).fetchall()
             requeued, failed = [], []
             for jid, attempts in rows:
                 if attempts >= max_attempts:
