@@ -28,7 +28,6 @@ from .errors import ConfigError
 from .notify import Notifier
 from .queue import JobQueue
 from .statedir import StateLock, check_writable
-from .worker_role import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +121,10 @@ class Daemon:
             self.queue.add_listener(self._on_event)
             if redis:
                 from .front import FrontWorkers
+                from .queue.redis_conn import shown_url
 
                 self.worker = FrontWorkers(cfg, self.queue)
-                log.info("queue on Redis %s (prefix %s): workers on other boxes render%s", redacted_url(cfg.queue.url),
+                log.info("queue on Redis %s (prefix %s): workers on other boxes render%s", shown_url(cfg.queue.url),
                          cfg.queue.redis_prefix, "; so does this box ([worker] enabled = true)" if cfg.worker.enabled
                          else "; this box renders nothing ([worker] enabled = false)")
             elif not cfg.worker.enabled:
