@@ -46,3 +46,34 @@ def tiny_disk(tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port (tests/redis_server.py); stopped afterwards."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def make_redis_server(tmp_path):
+    """Start more servers, or ones with options (password=..., appendonly=...); all stopped afterwards."""
+    from tests.redis_server import RedisServer
+
+    started: list[RedisServer] = []
+
+    def make(**kw) -> RedisServer:
+        server = RedisServer(tmp_path, **kw)
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.kill()

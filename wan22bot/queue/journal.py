@@ -347,6 +347,11 @@ class Journal:
                 del lanes[lane]
         return order
 
+    def running_owned(self, owner: str) -> list[Job]:
+        """Running jobs claimed under `owner` (the Redis dispatcher's: out on the stream), oldest first."""
+        rows = self._q(f"SELECT {COLUMNS} FROM jobs WHERE state='running' AND claimed_by=? ORDER BY seq", (owner,))
+        return [_row_to_job(r) for r in rows]
+
     def find_active_hash(self, content_hash: str, source: str) -> Job | None:
         rows = self._q(
             f"SELECT {COLUMNS} FROM jobs WHERE content_hash=? AND source=? AND state IN ('queued','running') LIMIT 1",

@@ -1,0 +1,504 @@
+"""The front's side of the Redis queue: moves jobs from the journal onto the stream, one at a time.
+
+The front's journal stays the record of every job (positions, fairness lanes, listing, delivery).
+The dispatcher stands where the worker stands on a single box (the daemon, the sources and the
+housekeeper talk to it as to `Worker`), and does four things:
+
+- journal -> stream: when no entry is waiting for a worker, it claims the next job in fairness
+  order (`claim_next(owner="redis")`, so the journal knows the job is out on the stream) and adds
+  an entry carrying the spec and the photo: the bytes up to `[queue] photo_max_mb`, else a copy in
+  `[queue] shared_folder`, else the job fails saying which setting to change. Handing out one
+  entry at a time keeps queue positions and fairness exact at the front: a job is only decided
+  on when a worker is about to take it.
+- events: workers say `claimed` (the job's "started" event goes out, progress reads "claimed by
+  NAME") and `progress` on `P:events`; both reach the queue as if the worker ran here.
+- cancels: a running job's cancel flag is forwarded as `P:cancel:{id}` (a worker's heartbeat
+  reads it); an entry no worker has taken yet is withdrawn and the job cancelled here.
+- reconcile at start: a job the journal has out on the stream (running, claimed by "redis") whose
+  entry is gone (a Redis that lost its data) is queued again and dispatched again in its turn.
+
+Results never pass through here: workers PUT them to the front (`accept_result` settles the job,
+whose final event this dispatcher also hears).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+from ..fsutil import NO_SPACE, fsync_dir
+from ..health import Health
+from ..jobs import FINAL_STATES, JobState
+from .jobqueue import JobQueue
+from .models import Job, JobEvent
+from .redis_conn import (BLOCK_MS, connect, ensure_group, is_nogroup, is_transient, keys, shown_url, text)
+
+log = logging.getLogger(__name__)
+
+OWNER = "redis"  # the journal's claimed_by for jobs out on the stream
+CANCEL_TTL = 7 * 24 * 3600  # a cancel request outlives any job that could still read it
+CANCEL_POLL = 0.5
+WAIT_POLL = 0.25  # while an entry waits for a worker: how often the group's progress is looked at
+
+# Delete entry ARGV[2] if the group ARGV[1] has not delivered it to any worker yet (atomic, so a
+# worker can never have read it). 1 = withdrawn, 0 = a worker has it (or it is gone).
+WITHDRAW_LUA = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, lid
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == ARGV[1] then last = lid end
+end
+if last == nil then return 0 end
+local lm, ls = parse(last)
+local em, es = parse(ARGV[2])
+if em > lm or (em == lm and es > ls) then
+  return redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# [entry id, job id, ...] of every entry in the stream, without their photos.
+ENTRIES_LUA = """
+local out = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'job' then
+      table.insert(out, e[1])
+      table.insert(out, f[i + 1])
+    end
+  end
+end
+return out
+"""
+
+
+def _sid(entry: str) -> tuple[int, int]:
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class _Out:
+    """A job out on the stream."""
+
+    job: Job
+    entry: str
+    worker: str | None = None  # who claimed it (None: waiting for a worker)
+    claimed_at: float = 0.0
+    cancel_sent: bool = False
+    shared_copy: Path | None = None
+
+
+class Dispatcher:
+    def __init__(self, cfg: Config, queue: JobQueue):
+        self.cfg = cfg
+        self.queue = queue
+        self.keys = keys(cfg)
+        self.redis = None
+        self.renderer = None  # no models here
+        self.last_timings: dict[str, float] | None = None
+        self.last_load_seconds: float | None = None
+        self.last_job_finished = time.time()
+        self.gpu_busy = False
+        self.ready = asyncio.Event()  # connected and reconciled: dispatching
+        self._out: dict[str, _Out] = {}  # job id -> its entry, for every job out on the stream
+        self._wakeup = asyncio.Event()  # a job was queued (or handed back)
+        self._moved = asyncio.Event()  # a waiting entry may have been taken
+        self._main: asyncio.Task | None = None
+        self._loops: list[asyncio.Task] = []
+        self._stopping = False
+        self._death: str | None = None
+        self._trouble: str | None = None  # the Redis problem being waited out, for health()
+        self._workers: list[dict[str, Any]] = []
+        self._withdraw = None
+        self._entries = None
+
+    # ------------------------------------------------------------------ what the daemon asks
+    @property
+    def running(self) -> list[Job]:
+        return [o.job for o in self._out.values()]
+
+    @property
+    def current(self) -> Job | None:
+        claimed = [o for o in self._out.values() if o.worker is not None]
+        return max(claimed, key=lambda o: o.claimed_at).job if claimed else None
+
+    def states(self) -> list[dict[str, Any]]:
+        """The live workers (their `P:worker:{name}` hashes), as last read."""
+        return list(self._workers)
+
+    def health(self) -> Health:
+        if self._death is not None:
+            return Health(False, "dead", self._death)
+        if self._stopping:
+            return Health(True, "stopped")
+        if self._trouble is not None:
+            return Health(True, "waiting", self._trouble)
+        if self._out:
+            return Health(True, "running", ", ".join(self._out))
+        return Health(True, "idle")
+
+    async def load(self) -> float:
+        return 0.0  # no models on the dispatcher: the workers load their own
+
+    async def unload_if_idle(self, idle_minutes: float) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.queue.add_listener(self._on_queue_event)
+        self._main = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self, *, wait_for_gpu: bool = True) -> None:
+        """Stop handing out jobs; jobs already out stay with their workers (their results still
+        arrive over HTTP while the front is up, or are retried until it is back)."""
+        self._stopping = True
+        self.queue.remove_listener(self._on_queue_event)
+        tasks = [*self._loops, *([self._main] if self._main is not None else [])]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+            self.redis = None
+
+    async def _run(self) -> None:
+        self._trouble = f"connecting to Redis at {shown_url(self.cfg.queue.url)}"
+        try:
+            self.redis = await connect(self.cfg)
+        except ConfigError as exc:
+            self._death = str(exc)
+            log.error("dispatcher: %s; no job leaves this box until it is fixed and the daemon restarted", exc)
+            return
+        self._trouble = None
+        self._withdraw = self.redis.register_script(WITHDRAW_LUA)
+        self._entries = self.redis.register_script(ENTRIES_LUA)
+        await self._forever("reconcile", self._reconcile, once=True)
+        log.info("dispatcher: jobs go to the workers on %s (%s)", shown_url(self.cfg.queue.url), self.keys.stream)
+        self.ready.set()
+        for name, fn in (("dispatch", self._dispatch_loop), ("events", self._events_loop),
+                         ("cancels", self._cancel_loop), ("workers", self._workers_loop)):
+            self._loops.append(asyncio.create_task(self._forever(name, fn), name=f"dispatcher-{name}"))
+
+    async def _forever(self, name: str, fn, *, once: bool = False) -> None:
+        """Run `fn` (again after a Redis outage, with a growing pause); a bug is logged, not fatal."""
+        pause = 0.5
+        while not self._stopping:
+            try:
+                await fn()
+                self._trouble = None
+                if once:
+                    return
+                pause = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_nogroup(exc):
+                    log.warning("dispatcher: the stream's group is gone (Redis lost its data?); creating it again "
+                                "and looking for jobs whose entry went with it")
+                    with contextlib.suppress(Exception):
+                        await self._reconcile()
+                    continue
+                if is_transient(exc):
+                    self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
+                    log.warning("dispatcher (%s): Redis: %s; trying again in %.1f s", name, exc, pause)
+                else:
+                    log.exception("dispatcher (%s) failed; trying again in %.1f s", name, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    # ------------------------------------------------------------------ reconcile
+    async def _reconcile(self) -> None:
+        """What the journal has out on the stream against what the stream holds."""
+        r, k = self.redis, self.keys
+        await ensure_group(r, k)
+        flat = [text(v) for v in await self._entries(keys=[k.stream])]
+        entry_of = dict(zip(flat[1::2], flat[0::2]))  # job id -> entry id (the newest, if twice)
+        last = await self._last_delivered()
+        owners = {text(p["message_id"]): text(p["consumer"])
+                  for p in await r.xpending_range(k.stream, k.group, min="-", max="+", count=100000)}
+        out = await self.queue.run_db(self.queue.journal.running_owned, OWNER)
+        known = {j.id for j in out}
+        for job in out:
+            entry = entry_of.get(job.id)
+            if entry is None:
+                log.warning("job %s: out to the workers, but its stream entry is gone (Redis lost it?); queued again",
+                            job.id)
+                self._out.pop(job.id, None)
+                await self.queue.requeue(job, count_attempt=False)
+                continue
+            worker = owners.get(entry)
+            prev = self._out.get(job.id)
+            o = _Out(job, entry, worker, time.time() if worker else 0.0)
+            if prev is not None:
+                o.cancel_sent, o.shared_copy, o.claimed_at = prev.cancel_sent, prev.shared_copy, prev.claimed_at
+            self._out[job.id] = o
+            if worker is None and _sid(entry) <= _sid(last):
+                o.worker = "?"  # delivered, then acknowledged by nobody yet: some worker has it
+        for job_id, entry in entry_of.items():
+            if job_id not in known:
+                # an entry for a job that is no longer out (settled, or queued again): whoever takes it
+                # skips it, and a worker already on it stops
+                await r.set(k.cancel(job_id), "1", ex=CANCEL_TTL)
+                log.info("job %s: a stale stream entry %s is marked cancelled", job_id, entry)
+        if out:
+            log.info("dispatcher: %d jobs out on the stream after the start (%d with a worker)", len(self._out),
+                     sum(1 for o in self._out.values() if o.worker))
+
+    async def _last_delivered(self) -> str:
+        for g in await self.redis.xinfo_groups(self.keys.stream):
+            if text(g.get("name")) == self.keys.group:
+                return text(g.get("last-delivered-id")) or "0-0"
+        return "0-0"
+
+    # ------------------------------------------------------------------ journal -> stream
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            await self._until_taken()
+            job = await self._claim()
+            await self._send(job)
+
+    async def _until_taken(self) -> None:
+        """Wait while an entry waits for a worker: the next job is only decided on when it can go."""
+        while True:
+            waiting = [o for o in self._out.values() if o.worker is None and o.entry]
+            if not waiting:
+                return
+            last = _sid(await self._last_delivered())
+            for o in waiting:
+                if _sid(o.entry) <= last:
+                    o.worker = o.worker or "?"  # taken; the claimed event names the worker
+            if all(o.worker is not None for o in waiting):
+                return
+            self._moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), WAIT_POLL)
+
+    async def _claim(self) -> Job:
+        """The next job in fairness order, marked running under OWNER; waits for one."""
+        journal = self.queue.journal
+        while True:
+            self._wakeup.clear()
+            fut = asyncio.ensure_future(self.queue.run_db(journal.claim_next, OWNER))
+            try:
+                job = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # the claim ends in the journal thread anyway: put it back as if it never happened
+                with contextlib.suppress(BaseException):
+                    claimed = await fut
+                    if claimed is not None:
+                        await self.queue.run_db(journal.unclaim, claimed)
+                raise
+            if job is not None:
+                return job
+            with contextlib.suppress(TimeoutError):
+                # the wakeup comes with every submit; the timeout covers a journal written by others
+                await asyncio.wait_for(self._wakeup.wait(), 5.0)
+
+    async def _send(self, job: Job) -> None:
+        """Add the job's entry; a Redis outage is waited out (the job stays claimed meanwhile)."""
+        q = self.cfg.queue
+        photo = Path(job.spec.input_path)
+        ext = photo.suffix or ".img"
+        try:
+            size = (await asyncio.to_thread(photo.stat)).st_size
+        except OSError as exc:
+            await self._fail(job, f"the spooled photo {photo} cannot be read ({exc.strerror}); submit it again")
+            return
+        fields: dict[str, Any] = {"job": job.id, "spec": job.spec.model_dump_json(), "ext": ext,
+                                  "attempt": str(job.attempts), "max_attempts": str(self.queue.max_attempts)}
+        shared: Path | None = None
+        if size <= q.photo_max_mb * 2**20:
+            fields["photo"] = await asyncio.to_thread(photo.read_bytes)
+        elif q.shared_folder is not None:
+            shared = Path(q.shared_folder) / f"{job.id}{ext}"
+            try:
+                await asyncio.to_thread(_copy_durably, photo, shared)
+            except OSError as exc:
+                why = "it is full" if exc.errno in NO_SPACE else exc.strerror
+                await self._fail(job, f"the photo could not be copied into [queue] shared_folder {q.shared_folder} "
+                                      f"({why}); fix the folder, then submit the photo again")
+                return
+            fields["photo_path"] = shared.name
+        else:
+            await self._fail(job, f"the photo is {size / 2**20:.1f} MB, more than [queue] photo_max_mb = "
+                                  f"{q.photo_max_mb:g} that travels inside the queue, and no [queue] shared_folder is "
+                                  "set: raise photo_max_mb, or set shared_folder to a folder every box mounts")
+            return
+        # known before the entry exists: a worker's "claimed" may come back before xadd returns
+        o = self._out[job.id] = _Out(job, "", shared_copy=shared)
+        pause = 0.5
+        while True:
+            fields["sent"] = f"{time.time():.3f}"
+            try:
+                entry = text(await self.redis.xadd(self.keys.stream, fields))
+                break
+            except asyncio.CancelledError:
+                self._out.pop(job.id, None)
+                await self._unclaim(job)
+                raise
+            except Exception as exc:
+                if is_nogroup(exc) or not is_transient(exc):
+                    self._out.pop(job.id, None)
+                    await self._unclaim(job)
+                    raise
+                self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
+                log.warning("job %s: cannot add its stream entry (Redis: %s); trying again in %.1f s", job.id, exc,
+                            pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        o.entry = entry
+        log.info("job %s: sent to the workers (entry %s, %s)", job.id, entry,
+                 "photo in the entry" if shared is None else f"photo in {shared}")
+        self.queue.progress(job, "waiting for a worker")
+
+    async def _unclaim(self, job: Job) -> None:
+        with contextlib.suppress(Exception):
+            await self.queue.run_db(self.queue.journal.unclaim, job)
+
+    async def _fail(self, job: Job, error: str) -> None:
+        log.error("job %s: failed: %s", job.id, error)
+        await self.queue.finish(job, JobState.failed, error=error)
+
+    # ------------------------------------------------------------------ stream -> queue
+    async def _events_loop(self) -> None:
+        last = "$"  # what workers said while the front was away is in the reconcile's XPENDING
+        while not self._stopping:
+            reply = await self.redis.xread({self.keys.events: last}, count=100, block=BLOCK_MS)
+            self._trouble = None  # Redis answers
+            for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or []):
+                for entry_id, fields in entries:
+                    last = text(entry_id)
+                    try:
+                        self._on_worker_event({text(a): text(b) for a, b in (fields or {}).items()})
+                    except Exception:
+                        log.exception("dispatcher: event %s could not be handled", last)
+
+    def _on_worker_event(self, ev: dict[str, str]) -> None:
+        o = self._out.get(ev.get("job", ""))
+        if o is None:
+            return  # not out from here (settled meanwhile, or another install's job)
+        kind, worker = ev.get("kind"), ev.get("worker") or "?"
+        if kind == "claimed":
+            first = o.worker in (None, "?") and not o.claimed_at
+            if o.worker not in (None, "?") and o.worker != worker:
+                log.warning("job %s: taken over by worker %s (%s stopped answering)", o.job.id, worker, o.worker)
+            o.worker, o.claimed_at = worker, time.time()
+            self._moved.set()
+            if first:
+                log.info("job %s: started on worker %s (attempt %d) %s", o.job.id, worker, o.job.attempts,
+                         o.job.spec.original_name)
+                self.queue.publish(JobEvent(o.job, "started"))
+            self.queue.progress(o.job, f"claimed by {worker}")
+        elif kind == "progress":
+            self.queue.progress(o.job, ev.get("stage") or "", _int(ev.get("step")), _int(ev.get("steps")))
+
+    def _on_queue_event(self, event: JobEvent):
+        kind = event.kind
+        if kind in ("queued", "requeued"):
+            self._wakeup.set()
+        if kind not in (*FINAL_STATES, "requeued"):
+            return None
+        o = self._out.pop(event.job.id, None)
+        if o is None:
+            return None
+        self._moved.set()
+        if kind == "done" and event.job.result is not None:
+            self.last_timings = event.job.result.timings
+        self.last_job_finished = time.time()
+        return self._tidy(o, final=kind in FINAL_STATES)
+
+    async def _tidy(self, o: _Out, *, final: bool) -> None:
+        if o.shared_copy is not None:
+            await asyncio.to_thread(o.shared_copy.unlink, missing_ok=True)
+        if final and o.cancel_sent and self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.delete(self.keys.cancel(o.job.id))
+
+    # ------------------------------------------------------------------ cancels
+    async def _cancel_loop(self) -> None:
+        while not self._stopping:
+            for job_id, o in list(self._out.items()):
+                if o.cancel_sent or not o.entry or not self.queue.cancel_flag(job_id).is_set():
+                    continue
+                if o.worker is None and await self._withdraw(keys=[self.keys.stream],
+                                                             args=[self.keys.group, o.entry]):
+                    log.info("job %s: cancelled before any worker took it", job_id)
+                    await self.queue.finish(o.job, JobState.cancelled, error="cancelled")
+                    continue
+                await self.redis.set(self.keys.cancel(job_id), "1", ex=CANCEL_TTL)
+                o.cancel_sent = True
+                log.info("job %s: cancel sent to worker %s", job_id, o.worker or "(the one taking it)")
+            await asyncio.sleep(CANCEL_POLL)
+
+    # ------------------------------------------------------------------ who is alive
+    async def _workers_loop(self) -> None:
+        while not self._stopping:
+            found = []
+            async for key in self.redis.scan_iter(match=self.keys.worker_pattern, count=100):
+                h = {text(a): text(b) for a, b in (await self.redis.hgetall(key)).items()}
+                if h:
+                    found.append(_worker_state(text(key).rsplit(":", 1)[-1], h))
+            self._workers = sorted(found, key=lambda s: s["name"])
+            await asyncio.sleep(self.cfg.queue.heartbeat_seconds)
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int(v or 0)
+    except ValueError:
+        return 0
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v else None
+    except ValueError:
+        return None
+
+
+def _worker_state(name: str, h: dict[str, str]) -> dict[str, Any]:
+    """A worker's hash in the shape the status page and the metrics read (as WorkerPool.states)."""
+    state = h.get("state") or "unknown"
+    return {"name": name, "device": h.get("device") or "", "host": h.get("host") or "",
+            "pid": _int(h.get("pid")) or None,
+            # "busy" as the worker processes of one box say it, so the metrics count it up
+            "state": "busy" if state == "running" else state, "busy": bool(h.get("job")), "job": h.get("job") or None,
+            "loaded": h.get("loaded") == "1", "started": _float(h.get("started")), "seen": _float(h.get("seen")),
+            "restarts": 0, "memory": {}, "remote": True}
+
+
+def _copy_durably(src: Path, dest: Path) -> None:
+    """Copy beside `dest`, fsync, rename, fsync the folder: a worker never sees half a photo."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1024 * 1024)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
