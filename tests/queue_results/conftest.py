@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -89,3 +90,74 @@ async def open_front(tmp_path):
 @pytest.fixture
 async def front(open_front) -> Front:
     return await open_front()
+
+
+# ---------------------------------------------------------------------------------------- the front's API
+TOKEN = "front-token-0123456789abcdef"
+
+
+class HttpFront:
+    """A started HttpSource on a real JobQueue, as the front box runs it."""
+
+    def __init__(self, source, queue: JobQueue, session):
+        self.source = source
+        self.queue = queue
+        self.jobs = Front(queue)
+        self.session = session
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.source.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def put_result(self, job_id: str, parts: list[tuple[str, bytes, str]], *, token: str | None = TOKEN,
+                         headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        form = aiohttp.FormData()
+        for name, data, ctype in parts:
+            form.add_field(name, data, content_type=ctype, filename=None if name == "outcome" else f"{name}.bin")
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        async with self.session.put(self.url(f"/api/jobs/{job_id}/result"), data=form, headers=hdrs) as r:
+            return r.status, await r.json()
+
+
+def outcome_part(o) -> tuple[str, bytes, str]:
+    return ("outcome", o.model_dump_json().encode() if not isinstance(o, bytes) else o, "application/json")
+
+
+@pytest.fixture
+async def open_http_front(tmp_path, monkeypatch):
+    """Start a front: `token` (default TOKEN, None for none), config sections as make_config takes them."""
+    from wan22bot.sources.http import HttpSource
+    from tests.http.helpers import TOKEN_ENV, make_config
+
+    started: list[HttpFront] = []
+
+    async def factory(*, token: str | None = TOKEN, port: int = 0, folder: str = "front", **sections) -> HttpFront:
+        if token is None:
+            monkeypatch.delenv(TOKEN_ENV, raising=False)
+        else:
+            monkeypatch.setenv(TOKEN_ENV, token)
+        root = tmp_path / folder
+        http = {"port": port, **sections.pop("http", {})}
+        cfg = make_config(root, http=http, **sections)
+        q = JobQueue(cfg.paths.state, cfg.paths.output)
+        await q.start()
+        src = HttpSource(cfg, q)
+        try:
+            await src.start()
+        except BaseException:
+            await q.close()
+            raise
+        f = HttpFront(src, q, aiohttp.ClientSession())
+        started.append(f)
+        return f
+
+    yield factory
+    for f in started:
+        await f.session.close()
+        await f.source.stop()
+        await f.queue.close()

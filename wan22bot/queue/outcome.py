@@ -192,6 +192,7 @@ def _place(video: Path, sidecar: Path | None, mp4: Path, side: Path, job: Job, o
 def _move_into(src: Path, dest: Path) -> None:
     """Rename `src` to `dest`; from another file system, copy it beside `dest` (fsynced) first so
     the name only ever appears complete."""
+    _fsync_file(src)  # the journal will call it done: its bytes must be on disk before its name is
     try:
         os.replace(src, dest)
         return
@@ -208,6 +209,14 @@ def _move_into(src: Path, dest: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     src.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(*paths: Path | None) -> None:

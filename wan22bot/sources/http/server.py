@@ -21,6 +21,7 @@ from .auth import auth_middleware, is_public, read_token
 from .errors import RequestError, error_response, http_sentence
 from .events import EventHub
 from .guard import HostPolicy, guard_middleware
+from .results import Results
 from .routes import WEB_FILES, Routes, job_json
 from .uploads import Uploads, upload_cap
 
@@ -55,6 +56,7 @@ class HttpSource:
         self.events = EventHub()
         self.routes = Routes(self)
         self.uploads = Uploads(self)
+        self.results = Results(self)  # remote workers hand their results back here
         self._token: str | None = None
         self._runner: web.AppRunner | None = None
         self._policy = HostPolicy.build(cfg, cfg.http.port)
@@ -140,6 +142,7 @@ class HttpSource:
         r.add_post("/api/jobs", self.uploads.post_job)
         r.add_get("/api/jobs/{id}", routes.get_job)
         r.add_delete("/api/jobs/{id}", routes.cancel_job)
+        r.add_put("/api/jobs/{id}/result", self.results.put_result)
         r.add_get("/api/jobs/{id}/video", routes.video)
         r.add_get("/api/jobs/{id}/sidecar", routes.sidecar)
         r.add_get("/v/{id}", routes.signed_video)
