@@ -24,12 +24,12 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .config import Config
 from .credentials import adopt_http_token_credential
 from .errors import ConfigError
 from .notify import Notifier
+from .queue.redis_conn import shown_url
 from .statedir import StateLock, check_writable
 
 log = logging.getLogger(__name__)
@@ -50,19 +50,6 @@ def front_url(cfg: Config) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal in a URL
     return f"http://{host}:{cfg.http.port}"
-
-
-def redacted_url(url: str | None) -> str:
-    """The Redis URL for a log line: never a user name or password."""
-    if not url:
-        return "(none)"
-    u = urlsplit(url)
-    netloc = u.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if u.port:
-        netloc += f":{u.port}"
-    return urlunsplit((u.scheme, netloc, u.path, "", ""))
 
 
 def check_worker_config(cfg: Config, environ: dict[str, str] | None = None) -> str:
@@ -123,9 +110,9 @@ class Beacon:
 
     async def beat(self) -> None:
         if self._redis is None:
-            from .queue.redis_conn import connect
+            from .queue.redis_conn import client
 
-            self._redis = await connect(self.cfg)
+            self._redis = client(self.cfg)  # connects on first use: a beat fails fast while Redis is away
         ttl = max(1, int(round(3 * self.interval)))
         async with self._redis.pipeline(transaction=True) as p:
             p.hset(self.key, mapping=self.fields())
@@ -133,7 +120,7 @@ class Beacon:
             await p.execute()
 
     async def _loop(self) -> None:
-        import redis.exceptions as rex
+        from .queue.redis_conn import is_transient
 
         while True:
             try:
@@ -141,12 +128,12 @@ class Beacon:
                 if self._down:
                     log.info("worker %s: Redis answers again; heartbeats resume", self.name)
                 self._down = False
-            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-                if not self._down:
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("worker %s: heartbeat failed", self.name)
+                elif not self._down:
                     log.warning("worker %s: cannot write its heartbeat to Redis (%s); retrying", self.name, exc)
                 self._down = True
-            except Exception:
-                log.exception("worker %s: heartbeat failed", self.name)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
@@ -215,12 +202,19 @@ class WorkerRole:
             uploader = ResultUploader(cfg)
             if hasattr(uploader, "close"):
                 stack.push_async_callback(uploader.close)
-            self.remote = RemoteQueue(cfg, uploader.deliver, spool_dir=Path(cfg.paths.state) / "spool")
+
+            async def deliver(outcome, video, sidecar):
+                accepted = await uploader.deliver(outcome, video, sidecar)
+                # the front has the files now (or refused them for good): this box's copies are nobody's
+                await asyncio.to_thread(_remove, video, sidecar)
+                return accepted
+
+            self.remote = RemoteQueue(cfg, deliver, spool_dir=Path(cfg.paths.state) / "spool")
             self.name = worker_name(cfg, self.remote)
             log.info("wan22bot worker %s starting: config %s; state %s; queue %s (prefix %s); results to %s; "
                      "model %s, device %s", self.name,
                      Path(self.config_path).absolute() if self.config_path else "(built-in defaults)",
-                     cfg.paths.state, redacted_url(cfg.queue.url), cfg.queue.redis_prefix, self.front,
+                     cfg.paths.state, shown_url(cfg.queue.url), cfg.queue.redis_prefix, self.front,
                      cfg.model.kind, cfg.model.device)
 
             # torch and diffusers load here, after the cheap checks: a refused start takes no time
@@ -255,7 +249,7 @@ class WorkerRole:
                 return 0
             self.notifier.ready(self._status_text())
             log.info("ready: worker %s takes jobs from %s and sends results to %s", self.name,
-                     redacted_url(cfg.queue.url), self.front)
+                     shown_url(cfg.queue.url), self.front)
             await self._stop.wait()
         log.info("stopped")
         return 0
@@ -342,9 +336,18 @@ class WorkerRole:
                 log.exception("idle unload failed")
 
 
+def _remove(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            try:
+                Path(p).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", p, exc)
+
+
 def worker_name(cfg: Config, remote: Any = None) -> str:
     """The consumer name RemoteQueue uses ([worker] name, else host + a hash of the state folder)."""
-    name = getattr(remote, "name", None) or getattr(remote, "consumer", None)
+    name = getattr(remote, "name", None)
     if name:
         return str(name)
     from .queue.redis_conn import worker_name as default_name
