@@ -120,9 +120,14 @@ def test_state_and_credentials(service):
     assert one(service, "StateDirectory") == "wan22bot"
     from wan22bot.sources.discord.token import CREDENTIAL_NAME
 
+    from wan22bot.credentials import HTTP_TOKEN_CREDENTIAL
+    from wan22bot.queue import redis_conn
+
     loaded = [v.split(":", 1) for v in service.get("LoadCredential", [])]
     imported = service.get("ImportCredential", [])
-    assert [c[0] for c in loaded] + imported == [CREDENTIAL_NAME]  # the name the daemon reads
+    # the names the daemon reads: the bot token, and on a Redis front the HTTP token and Redis's own
+    assert [c[0] for c in loaded] + imported == [CREDENTIAL_NAME, HTTP_TOKEN_CREDENTIAL,
+                                                redis_conn.PASSWORD_CREDENTIAL, redis_conn.CA_CREDENTIAL]
 
 
 def test_a_box_without_the_discord_token_still_starts(service):

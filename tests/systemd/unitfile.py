@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "wan22bot.service"
+WORKER_UNIT = REPO / "systemd" / "wan22bot-worker@.service"  # a template: one instance per GPU
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
