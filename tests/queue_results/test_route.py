@@ -331,6 +331,7 @@ async def test_a_full_output_disk_is_507_and_the_job_stays_running(open_http_fro
     parts, _, _ = done_parts(job, tmp_path, noise=True, n=24)
     assert len(parts[2][1]) > 128 * 1024
     status, body = await front.put_result(job.id, parts)
-    assert status == 507 and "no space left in the output folder" in body["error"] and "free some space" in body["error"]
+    assert status == 507, body
+    assert "no space left in the output folder" in body["error"] and "free some space" in body["error"]
     assert list((tiny_disk / "out").iterdir()) == []
     assert (await front.queue.get(job.id)).state == JobState.running
