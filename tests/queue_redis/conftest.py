@@ -122,10 +122,8 @@ class Backend:
     async def new_worker(self, name: str | None = None, deliver=None) -> RemoteQueue:
         self._names += 1
         name = name or f"w{self._names}"
-        front = self.front
-
         async def to_front(outcome, video, sidecar):
-            return await accept_result(front, outcome, video, sidecar)
+            return await accept_result(self.front, outcome, video, sidecar)  # the front of now (it may restart)
 
         rq = RemoteQueue(worker_config(self.cfg, name), deliver or to_front, spool_dir=self.root / name / "spool")
         rq.DELIVER_RETRY = (0.1, 0.5)

@@ -76,6 +76,7 @@ class _Claim:
     own_photo: bool  # a copy written here (removed after the ack), not a file of the shared folder
     lost: bool = False  # another worker took the entry over
     gone_logged: bool = False
+    beat_failing: bool = False
     beat: asyncio.Task | None = field(default=None, repr=False)
 
 
@@ -331,10 +332,15 @@ class RemoteQueue:
             if is_nogroup(exc):
                 owner, cancel = 0, False
             elif is_transient(exc):
-                log.warning("job %s: heartbeat: Redis: %s; trying again", claim.job_id, exc)
+                if not claim.beat_failing:  # once per outage, not at every beat
+                    log.warning("job %s: heartbeat: Redis: %s; trying again at each beat", claim.job_id, exc)
+                claim.beat_failing = True
                 return
             else:
                 raise
+        if claim.beat_failing:
+            claim.beat_failing = False
+            log.info("job %s: heartbeat: Redis answers again", claim.job_id)
         if cancel:
             flag = self.cancel_flag(claim.job_id)
             if not flag.is_set():
