@@ -335,3 +335,16 @@ async def test_a_full_output_disk_is_507_and_the_job_stays_running(open_http_fro
     assert "no space left in the output folder" in body["error"] and "free some space" in body["error"]
     assert list((tiny_disk / "out").iterdir()) == []
     assert (await front.queue.get(job.id)).state == JobState.running
+
+
+async def test_temp_files_left_by_a_stop_are_removed_at_start(open_http_front, tmp_path):
+    out = tmp_path / "front" / "out"
+    out.mkdir(parents=True)
+    stale = out / ".result-0123456789ab-1a2b3c4d.mp4.part"
+    stale.write_bytes(b"half a video")
+    keep = [out / "beach.mp4", out / ".beach.json.part", out / "notes.result-x.part"]
+    for p in keep:
+        p.write_bytes(b"not ours")
+    await open_http_front()
+    assert not stale.exists()
+    assert all(p.read_bytes() == b"not ours" for p in keep)

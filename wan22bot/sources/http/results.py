@@ -41,6 +41,7 @@ CHUNK = 1024 * 1024
 FILE_PARTS = {"video": ".mp4", "sidecar": ".json"}
 PARTS = ("outcome", *FILE_PARTS)
 DEFAULT_MAX_RESULT_MB = 4096.0
+TEMP_PREFIX = ".result-"  # a part being received: .result-{job}-{random}.mp4.part in the output folder
 
 
 def result_cap(src: HttpSource) -> tuple[int, float]:
@@ -54,6 +55,14 @@ class Results:
 
     def __init__(self, src: HttpSource):
         self.src = src
+
+    async def clear_stale(self) -> None:
+        """Remove temp files of results that were arriving when the front last stopped (called at
+        start, before any request is served): the workers send those results again."""
+        stale = await asyncio.to_thread(lambda: list(Path(self.src.queue.output_dir).glob(f"{TEMP_PREFIX}*.part")))
+        if stale:
+            log.info("http: removing %d partly received results left by the last stop", len(stale))
+            await asyncio.to_thread(_remove, stale)
 
     async def put_result(self, request: web.Request) -> web.Response:
         src = self.src
@@ -131,7 +140,7 @@ async def read_parts(request: web.Request, job_id: str, out_dir: Path, cap: int,
                                            field="outcome")
                 raw = bytes(buf)
                 continue
-            path = out_dir / f".result-{job_id}-{uuid.uuid4().hex[:8]}{FILE_PARTS[name]}.part"
+            path = out_dir / f"{TEMP_PREFIX}{job_id}-{uuid.uuid4().hex[:8]}{FILE_PARTS[name]}.part"
             f = await asyncio.to_thread(_open_temp, path)
             files[name] = path
             try:

@@ -75,6 +75,7 @@ class HttpSource:
     async def start(self) -> None:
         self._token = read_token(self.cfg)
         self.link_secret = await asyncio.to_thread(link_secret, self.cfg)
+        await self.results.clear_stale()
         app = self.build_app()
         runner = web.AppRunner(app, handle_signals=False, access_log_class=_AccessLogger, access_log=access_log,
                                shutdown_timeout=5.0, lingering_time=LINGER_SECONDS)
