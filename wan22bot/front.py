@@ -133,7 +133,7 @@ class FrontWorkers:
 
         await self.remote.start()  # connects (retrying while Redis is away)
         name = worker_name(self.cfg, self.remote)
-        self.beacon = Beacon(self.cfg, name, self.local, device=self.cfg.model.device, front="(this box)")
+        self.beacon = Beacon(self.cfg, name, self.local, front="(this box)")
         self.beacon.start()
         self.local.start()
         log.info("worker %s in this process takes jobs from the stream too ([worker] enabled = true)", name)

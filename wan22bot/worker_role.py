@@ -86,7 +86,7 @@ class Beacon:
     """Refreshes `P:worker:{name}` (a hash, expiring after 3 heartbeats): the front's /api/status lists
     the workers whose hash is there. A Redis outage is logged once and retried at the next beat."""
 
-    def __init__(self, cfg: Config, name: str, worker: Any, *, device: str, front: str):
+    def __init__(self, cfg: Config, name: str, worker: Any, *, front: str):
         from .queue.redis_conn import keys
 
         self.cfg = cfg
@@ -95,7 +95,7 @@ class Beacon:
         self.key = keys(cfg).worker(name)
         self.interval = cfg.queue.heartbeat_seconds
         self.started = time.time()
-        self.static = {"host": socket.gethostname(), "pid": str(os.getpid()), "device": device, "front": front,
+        self.static = {"host": socket.gethostname(), "pid": str(os.getpid()), "front": front,
                        "started": f"{self.started:.3f}"}
         self._redis = None
         self._task: asyncio.Task | None = None
@@ -105,7 +105,9 @@ class Beacon:
         h = self.worker.health()
         job = getattr(self.worker, "current", None)
         renderer = getattr(self.worker, "renderer", None)
-        return {**self.static, "state": h.state, "job": job.id if job is not None else "",
+        # the device the generator resolved ("auto" -> cuda:0 or cpu), as the status should show it
+        device = getattr(getattr(renderer, "generator", None), "device", None) or self.cfg.model.device
+        return {**self.static, "state": h.state, "job": job.id if job is not None else "", "device": str(device),
                 "loaded": "1" if renderer is not None and renderer.loaded else "0", "seen": f"{time.time():.3f}"}
 
     async def beat(self) -> None:
@@ -229,7 +231,7 @@ class WorkerRole:
                 return 0
             stack.push_async_callback(self.remote.close)
 
-            self.beacon = Beacon(cfg, self.name, self.worker, device=cfg.model.device, front=self.front)
+            self.beacon = Beacon(cfg, self.name, self.worker, front=self.front)
             self.beacon.start()
             stack.push_async_callback(self.beacon.stop)
 
