@@ -94,6 +94,14 @@ class ModelConfig(_Section):
     fp8_scaling: Literal["rowwise", "static", "delayed"] = "static"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
+    # The image encode skips the encoder layers that have settled on the black frames after the
+    # photo (engine/vae_encode.py): bit-identical to diffusers' encode, so on by default.
+    fast_image_encode: bool = True
+    # VAE speed levers (engine/vae_levers.py), off until measured: convolution weights in
+    # channels-last order, cuDNN autotuning while the VAE runs, torch.compile of the decoder.
+    vae_channels_last: bool = False
+    vae_cudnn_benchmark: bool = False
+    vae_compile: bool = False
     # Load at daemon start, or lazily when the first job arrives.
     load: Literal["start", "first-job"] = "start"
     seed_weights: int = 0  # the tiny model's weight seed

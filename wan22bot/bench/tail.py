@@ -10,6 +10,12 @@ against overlapped, plus the image encode before pass 1; random weights, timing 
   frames to the host, rgb24 frames into PyAV (swscale converts on the CPU) and libx264.
 - overlapped: the tail as render.py runs it now: the decoder's chunks go through RIFE (same
   batches) and the RGB -> YUV conversion on the device to the encoder thread while the rest decodes.
+- image encode: diffusers' own encode of the conditioning video, then engine/vae_encode.py's
+  exact shortcut (`[model] fast_image_encode`) on the same input, checked equal with torch.equal.
+
+The VAE levers (`--channels-last`, `--cudnn-benchmark`, `--compile-decoder`) are applied as the
+render path applies them (engine/vae_levers.py): cuDNN autotuning only while the VAE runs; a
+compiled decoder is warmed up on the whole clip first (the compile time is reported on its own).
 
 Random VAE weights decode noise, and x264 spends far longer on noise than on a real video, so the
 frames after the decoder are replaced by a panning texture of the same size (the decode itself is
@@ -23,6 +29,7 @@ Prints a few readable lines on stderr and one JSON object on the last line of st
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -36,6 +43,9 @@ import torch
 from ..background_encoder import BackgroundEncoder
 from ..engine.timing import synchronize
 from ..engine.vae_decode import decode_video_chunks
+from ..engine.vae_encode import EncodeReport
+from ..engine.vae_encode import encode as fast_encode
+from ..engine.vae_levers import compile_decoder, cudnn_benchmark, to_channels_last
 from ..interpolate.bench import synthetic_clip
 from ..interpolate.ifnet import IFNet
 from ..interpolate.sequence import Interpolator
@@ -78,8 +88,7 @@ def build_vae(kind: str, device: torch.device, dtype: torch.dtype, channels_last
 
     vae = cast_for_compute(vae, dtype).to(device).eval().requires_grad_(False)
     if channels_last:
-        # 5-D activations: channels_last_3d is the NDHWC layout the Conv3d kernels can use
-        vae = vae.to(memory_format=torch.channels_last_3d)
+        to_channels_last(vae)
     return vae
 
 
@@ -116,10 +125,9 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"bench.tail: --width and --height must be multiples of 16, got {args.width}x{args.height}")
     vae_dtype = DTYPES[args.vae_dtype] if dev.type == "cuda" else torch.float32
     vae = build_vae(args.vae, dev, vae_dtype, args.channels_last, args.seed)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark  # autotunes each Conv3d shape once
     if args.compile_decoder:
-        vae.decoder.compile()  # the warm-up below compiles both the first-frame and later-frame calls
+        compile_decoder(vae, backend=args.compile_backend)  # compiled by the warm-up below
+    tuned = functools.partial(cudnn_benchmark, args.cudnn_benchmark and dev.type == "cuda")
     t_lat = (args.frames - 1) // 4 + 1
     z = torch.randn((1, vae.config.z_dim, t_lat, args.height // 8, args.width // 8),
                     generator=torch.Generator().manual_seed(args.seed)).to(dev, vae_dtype)
@@ -144,39 +152,59 @@ def run(args: argparse.Namespace) -> dict:
         result["gpu"] = torch.cuda.get_device_name(dev)
 
     with torch.inference_mode():
-        # warm-up: kernels, cuDNN autotuning, the encoder's first open
-        for _ in decode_video_chunks(vae, z[:, :, :2]):
-            pass
+        # warm-up: kernels, cuDNN autotuning, the encoder's first open; a compiled decoder compiles
+        # each of its variants here (the first, second and later latent frames)
+        synchronize(dev)
+        t0 = time.perf_counter()
+        with tuned():
+            for _ in decode_video_chunks(vae, z if args.compile_decoder else z[:, :, :2]):
+                pass
+        synchronize(dev)
+        if args.compile_decoder:
+            result["compile_warmup_s"] = round(time.perf_counter() - t0, 4)
+            print(f"compiled decoder warmed up in {result['compile_warmup_s']:.1f} s", file=sys.stderr, flush=True)
         if interp:
             interp.double(content[:3])
         rgb_to_yuv420(content[:2])
         # image encode: the conditioning video (photo, then black frames), as prepare_latents does
         cond = torch.zeros((1, 3, args.frames, args.height, args.width), device=dev, dtype=vae_dtype)
         cond[:, :, 0] = content[0].permute(2, 0, 1).to(vae_dtype) / 127.5 - 1.0
-        vae.encode(cond[:, :, :5])  # the 1-frame and 4-frame shapes
+        with tuned():
+            vae.encode(cond[:, :, :5])  # the 1-frame and 4-frame shapes
+            fast_encode(vae, cond[:, :, :9])
         synchronize(dev)
 
         clock = Clock(dev)
-        clock("image_encode", lambda: vae.encode(cond).latent_dist.mode())
-        del cond
+        report = EncodeReport()
+        with tuned():
+            stock = clock("image_encode", lambda: vae.encode(cond).latent_dist.mode())
+            fast = clock("image_encode_fast", lambda: fast_encode(vae, cond, report=report).latent_dist.mode())
         result["image_encode"] = round(clock.seconds["image_encode"], 4)
+        result["image_encode_fast"] = round(clock.seconds["image_encode_fast"], 4)
+        result["image_encode_fast_exact"] = bool(torch.equal(stock, fast))
+        result["image_encode_report"] = report.as_dict()
+        del cond, stock, fast
 
         # serial: the old tail
-        clock = Clock(dev)
-        t0 = time.perf_counter()
-        decoded = clock("vae_decode", lambda: to_frames(vae.decode(z, return_dict=False)[0]))
-        n_dec = decoded.shape[0]
-        del decoded
-        frames = content[:n_dec]
-        if interp:
-            frames = clock("interpolate", interp.double, frames)
-        host = clock("to_host", lambda: frames.cpu().numpy())
         serial_mp4 = out_dir / "serial.mp4"
-        clock("encode", legacy_encode, host, serial_mp4, fps, settings)
-        serial = {k: round(v, 4) for k, v in clock.seconds.items()}
-        serial["tail"] = round(time.perf_counter() - t0, 4)
-        result["serial"] = serial
-        del host, frames
+        if args.serial:
+            clock = Clock(dev)
+            t0 = time.perf_counter()
+            with tuned():
+                decoded = clock("vae_decode", lambda: to_frames(vae.decode(z, return_dict=False)[0]))
+            n_dec = decoded.shape[0]
+            del decoded
+            frames = content[:n_dec]
+            if interp:
+                frames = clock("interpolate", interp.double, frames)
+            host = clock("to_host", lambda: frames.cpu().numpy())
+            clock("encode", legacy_encode, host, serial_mp4, fps, settings)
+            serial = {k: round(v, 4) for k, v in clock.seconds.items()}
+            serial["tail"] = round(time.perf_counter() - t0, 4)
+            result["serial"] = serial
+            del host, frames
+        else:
+            result["serial"] = None
 
         # overlapped: the tail as render.py runs it
         streamed_mp4 = out_dir / "overlapped.mp4"
@@ -191,7 +219,8 @@ def run(args: argparse.Namespace) -> dict:
             while True:
                 synchronize(dev)
                 t1 = time.perf_counter()
-                chunk = next(it, None)
+                with tuned():
+                    chunk = next(it, None)
                 if chunk is not None:
                     chunk = to_frames(chunk)
                 synchronize(dev)
@@ -209,27 +238,33 @@ def run(args: argparse.Namespace) -> dict:
         result["overlapped"] = {"vae_decode": round(decode_s, 4), "interpolate": round(tail.interpolate, 4),
                                 "yuv": round(tail.yuv, 4), "encode": round(encoder.busy, 4), "tail": round(wall, 4)}
         result["encoder"] = writer.codec
-        result["speedup"] = round(serial["tail"] / wall, 3) if wall > 0 else None
+        result["speedup"] = round(result["serial"]["tail"] / wall, 3) if wall > 0 and args.serial else None
         result["tail_plus_image_encode"] = round(wall + result["image_encode"], 4)
+        result["tail_plus_fast_image_encode"] = round(wall + result["image_encode_fast"], 4)
         if dev.type == "cuda" and args.frames == 81 and interp:
             result["target_s"] = TARGET_S
 
         if args.psnr:
+            # the reference: fp32, no lever; the levers under test decode as they did above
             ref = build_vae(args.vae, dev, torch.float32, False, args.seed)
-            a = vae.decode(z, return_dict=False)[0].float()
+            with tuned():
+                a = vae.decode(z, return_dict=False)[0].float()
             b = ref.decode(z.float(), return_dict=False)[0].float()
             mse = ((a - b) / 2.0).pow(2).mean().item()  # [-1, 1] -> [0, 1] scale
-            result["psnr_vs_fp32"] = None if mse == 0 else round(10 * math.log10(1.0 / mse), 2)
+            result["psnr_vs_fp32"] = None if mse == 0 else round(10 * math.log10(1.0 / mse), 2)  # None: identical
+            result["max_abs_vs_fp32"] = round((a - b).abs().max().item(), 6)
             del ref, a, b
 
-    s_info, o_info = probe_mp4(serial_mp4), probe_mp4(streamed_mp4)
-    result["mp4"] = {"serial": {"frames": s_info.frames, "bytes": serial_mp4.stat().st_size},
-                     "overlapped": {"frames": o_info.frames, "bytes": streamed_mp4.stat().st_size}}
+    o_info = probe_mp4(streamed_mp4)
+    result["mp4"] = {"serial": None, "overlapped": {"frames": o_info.frames, "bytes": streamed_mp4.stat().st_size}}
+    if args.serial:
+        s_info = probe_mp4(serial_mp4)
+        result["mp4"]["serial"] = {"frames": s_info.frames, "bytes": serial_mp4.stat().st_size}
     if dev.type == "cuda":
         result["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
     if not args.out:
-        for p in (serial_mp4, streamed_mp4):
-            p.unlink(missing_ok=True)
+        for path in (serial_mp4, streamed_mp4):
+            path.unlink(missing_ok=True)
         out_dir.rmdir()
     return result
 
@@ -245,7 +280,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune the VAE's 3-D convolutions")
     p.add_argument("--compile-decoder", action="store_true", help="torch.compile the VAE decoder")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend for --compile-decoder (\"eager\": only traces, for smoke tests)")
     p.add_argument("--psnr", action="store_true", help="also decode in fp32 and report the PSNR against it")
+    p.add_argument("--no-serial", dest="serial", action="store_false",
+                   help="skip the serial (old) tail: for lever runs, where only the decode and the streamed tail count")
     p.add_argument("--rife", dest="rife", action="store_true", default=True)
     p.add_argument("--no-rife", dest="rife", action="store_false")
     p.add_argument("--rife-weights", default=None)
@@ -264,8 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
     s, o = result["serial"], result["overlapped"]
-    print(f"image encode {result['image_encode']:.2f} s; tail serial {s['tail']:.2f} s "
-          f"(decode {s['vae_decode']:.2f}, rife {s.get('interpolate', 0):.2f}, encode {s['encode']:.2f}); "
+    levers = [k for k in ("channels_last", "cudnn_benchmark", "compile_decoder") if result[k]] or ["no lever"]
+    serial = "serial tail skipped" if s is None else (
+        f"tail serial {s['tail']:.2f} s (decode {s['vae_decode']:.2f}, rife {s.get('interpolate', 0):.2f}, "
+        f"encode {s['encode']:.2f})")
+    compiled = f" (compile warm-up {result['compile_warmup_s']:.1f} s)" if "compile_warmup_s" in result else ""
+    print(f"VAE {result['vae_dtype']}, {'+'.join(levers)}{compiled}: image encode {result['image_encode']:.2f} s "
+          f"(shortcut {result['image_encode_fast']:.2f} s, exact: {result['image_encode_fast_exact']}); "
+          f"PSNR vs fp32 {result.get('psnr_vs_fp32', 'not measured')}; {serial}; "
           f"overlapped {o['tail']:.2f} s (decode {o['vae_decode']:.2f}, rife {o['interpolate']:.2f}, "
           f"yuv {o['yuv']:.2f}, encoder busy {o['encode']:.2f}) with {result['encoder']}", file=sys.stderr)
     print(json.dumps(result))

@@ -140,6 +140,9 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
             row = {"frames": f, "video_seconds": warm.frames / warm.fps, "fps": warm.fps, "warmup": warm.timings,
                    "runs": runs, "median": med,
                    "peak_gib": None, "stage_peak_gib": {}}
+            encode = renderer.generator.last_encode
+            if encode is not None:
+                row["image_encode_report"] = encode.as_dict()  # which encoder layers the shortcut skipped
             timer = renderer.generator.last_timer
             if timer is not None and timer.peak_gib:
                 # each stage resets the device's peak counter: the render's peak is the largest
@@ -181,7 +184,9 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
                      "attention_high": cfg.model.attention_high, "attention_low": cfg.model.attention_low,
                      "attention_chosen": {k: {"backend": c.backend, "self_check_error": c.self_check_error}
                                           for k, c in gen.attention.items()},
-                     "compile": gen.compile,
+                     "compile": gen.compile, "fast_image_encode": cfg.model.fast_image_encode,
+                     "vae_channels_last": cfg.model.vae_channels_last,
+                     "vae_cudnn_benchmark": cfg.model.vae_cudnn_benchmark, "vae_compile": cfg.model.vae_compile,
                      "width": g.width, "height": g.height},
         "model_load_s": load_s,
         "rows": rows,

@@ -31,6 +31,8 @@ from .model_files import lora_paths
 from .schedule import make_scheduler
 from .timing import StageTimer
 from .vae_decode import decode_video_chunks, drive
+from .vae_encode import EncodeReport, prepare_latents
+from .vae_levers import apply_vae_levers, cudnn_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ class TwoPassGenerator:
         self.swaps: dict = {}
         self.attention: dict = {}  # "high"/"low" -> AttentionChoice, set at load
         self.last_timer: StageTimer | None = None  # the last render's stages (peak memory per stage)
+        self.last_encode: EncodeReport | None = None  # what the last render's image encode skipped
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -209,6 +212,11 @@ class TwoPassGenerator:
                                            num_blocks_per_group=1, use_stream=cuda)
         self.lora_fused = bool(self.loras)
         comps.vae = cast_for_compute(comps.vae, self.dtype).to(self.device)
+        levers = apply_vae_levers(comps.vae, channels_last=self.cfg.vae_channels_last, compile=self.cfg.vae_compile)
+        if self.cfg.vae_cudnn_benchmark:
+            levers.append("cuDNN autotuning")
+        if levers:
+            log.info("VAE levers: %s", ", ".join(levers))
         self.components = comps
         high = apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
         low = apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device,
@@ -339,9 +347,12 @@ class TwoPassGenerator:
             # video on any device.
             shape = (1, 16, (F - 1) // 4 + 1, H // 8, W // 8)
             noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
-            latents, condition = pipe.prepare_latents(
-                pixels, 1, 16, H, W, F, torch.float32, dev, None, latents=noise.to(dev)
-            )
+            with cudnn_benchmark(self.cfg.vae_cudnn_benchmark):
+                (latents, condition), self.last_encode = prepare_latents(
+                    pipe, pixels, 1, 16, H, W, F, torch.float32, dev, None, latents=noise.to(dev),
+                    fast=self.cfg.fast_image_encode,
+                )
+            log.debug("image encode: %s", self.last_encode.describe())
             condition = condition.to(self.dtype)
 
         scheduler = make_scheduler(req.shift)
@@ -403,9 +414,18 @@ class TwoPassGenerator:
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, z, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, z, 1, 1, 1)
         lat = (latents.float() * std + mean).to(vae.dtype)
-        for video in decode_video_chunks(vae, lat):  # (1, 3, f, H, W) in [-1, 1]
-            video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-            yield video.permute(1, 2, 3, 0).contiguous()
+        chunks = decode_video_chunks(vae, lat)
+        try:
+            while True:
+                # autotuning (when on) only while the decoder runs, not while the consumer does RIFE
+                with cudnn_benchmark(self.cfg.vae_cudnn_benchmark):
+                    video = next(chunks, None)  # (1, 3, f, H, W) in [-1, 1]
+                if video is None:
+                    return
+                video = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+                yield video.permute(1, 2, 3, 0).contiguous()
+        finally:
+            chunks.close()  # a consumer that stopped early leaves the decoder's cache clean now
 
 
 A14B_EXPERT_BYTES = 14_289_000_000 * 2
