@@ -27,7 +27,9 @@ WAN_NEGATIVE_PROMPT = (
 )
 
 # "fp8" is cuDNN fp8 attention and "fa3-fp8" FlashAttention-3 fp8: both opt-in, outside the accuracy guard.
-AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "fa3", "fa3-fp8", "fp8"]
+# "sage-warp" is SageAttention 2 with per-warp Q/K quantisation on sm90: opt-in, not measured yet.
+AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "sage-warp", "fa3", "fa3-fp8",
+                           "fp8"]
 
 
 class _Section(BaseModel):

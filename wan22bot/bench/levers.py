@@ -9,6 +9,8 @@ Variants (each kept only if it runs here):
   cudnn           SDPA forced to cuDNN
   flash           SDPA forced to flash
   sage            SageAttention (2.x when installed) as the self-attention core
+  sagewarp        SageAttention 2's sm90 kernel with Q/K quantised per warp (`attention = "sage-warp"`;
+                  sageattn itself on other GPUs)
   fa3, fa3fp8     FlashAttention-3 bf16 / fp8 (per-head scales) as the core (Hopper)
   fp8attn         cuDNN FP8 attention as the core (Hopper)
   auto            whatever `attention = "auto"` picks here (self-check at load)
@@ -34,6 +36,9 @@ import traceback
 import torch
 
 H, W = 1216, 832
+# variant part -> fp8 linear scaling / attention backend (engine/attention.py's names)
+FP8 = {"fp8lin": "rowwise", "fp8static": "static", "fp8delayed": "delayed"}
+CORES = {"sage": "sage", "sagewarp": "sage-warp", "fa3": "fa3", "fa3fp8": "fa3-fp8", "fp8attn": "fp8"}
 
 
 def tokens(frames: int, h: int = H, w: int = W) -> int:
@@ -159,8 +164,6 @@ def main(argv=None) -> int:
     auto_choice = None
     bf16_state = None
     fp8_kind = None  # which fp8 conversion the model currently holds
-    FP8 = {"fp8lin": "rowwise", "fp8static": "static", "fp8delayed": "delayed"}
-    CORES = {"sage": "sage", "fa3": "fa3", "fa3fp8": "fa3-fp8", "fp8attn": "fp8"}
 
     def to_fp8(kind: str | None) -> None:
         """Bring the model to bf16 (kind None) or to one fp8 scaling, from a saved bf16 copy."""
@@ -191,6 +194,13 @@ def main(argv=None) -> int:
         for p in parts:
             if p in CORES:
                 install_core(model, core_for(CORES[p]))
+        if "sagewarp" in parts and "sage_warp" not in results:
+            import sageattention  # type: ignore[import-not-found]
+
+            from ..engine.sage_attention import pick_sage_warp
+
+            results["sage_warp"] = pick_sage_warp(torch.cuda.get_device_capability(dev), sageattention)[1]
+            print(f"sagewarp runs: {results['sage_warp']}", flush=True)
         if "auto" in parts:
             auto_choice = auto_choice or choose_auto(dev)
             results["auto_choice"] = {"backend": auto_choice.backend, "self_check_error": auto_choice.self_check_error,

@@ -104,10 +104,12 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         return None
     if name in ("cudnn", "flash", "efficient"):
         return None if cuda else "needs a CUDA device"
-    if name == "sage":
+    if name in ("sage", "sage-warp"):
         sv = sage_version()
         if sv is None:
             return "sageattention is not installed (build SageAttention 2 from its source: see README)"
+        if name == "sage-warp" and sage_major() < 2:
+            return f"sageattention {sv} is 1.x; per-warp quantisation needs the 2.x CUDA kernels"
         return None if cuda else "needs a CUDA device"
     if name in ("fa3", "fa3-fp8"):
         if not fa3_installed():
@@ -126,7 +128,7 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 def available_backends(device: torch.device) -> dict[str, str]:
     """Backend name -> why it is (or is not) usable here. Used by `wan22bot check`."""
     out = {}
-    for name in ("auto", "sdpa", "math", "cudnn", "flash", "efficient", "sage", "fa3", "fa3-fp8", "fp8"):
+    for name in ("auto", "sdpa", "math", "cudnn", "flash", "efficient", "sage", "sage-warp", "fa3", "fa3-fp8", "fp8"):
         why = unavailable_reason(name, device)
         if why is None and name == "sage":
             v = sage_version()
@@ -145,6 +147,10 @@ def core_for(name: str) -> Core:
         from .sage_attention import sage_core
 
         return opaque_core("sage_sdpa", sage_core)
+    if name == "sage-warp":
+        from .sage_attention import sage_warp_core
+
+        return opaque_core("sage_warp_sdpa", sage_warp_core)
     if name == "fa3":
         from .fa3_attention import fa3_core
 
