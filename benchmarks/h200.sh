@@ -8,6 +8,10 @@
 #   benchmarks/h200.sh swap32    the 32 GB card under a 32 GiB cap
 #   benchmarks/h200.sh coldstart the first compiled call, cold and with a warm compile cache
 #   benchmarks/h200.sh tail      everything after pass 2 (decode, RIFE, colour, encode), serial vs overlapped
+#   benchmarks/h200.sh round3    levers at 81 frames (stock, fp8static+auto+compile, fp8static+sagewarp+compile),
+#                                then the tail at bf16 with each VAE lever (and none), PSNR against fp32; ~8 min
+#   benchmarks/h200.sh round3e2e the first compiled call at 81 frames (cold cache, static fp8 scales), then
+#                                photo -> MP4 at 81 frames on benchmarks/default.toml (image encode shortcut on); ~5 min
 #
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
@@ -64,6 +68,37 @@ step_tail() {
         python3 -m wan22bot.bench.tail --device cuda --frames 81 --vae-dtype "$dt" --psnr --rife \
             --rife-weights /tmp/rife-random/flownet.pkl --out "/tmp/tail-$dt"
     done
+}
+
+# round3 runs inside one ~9-minute call: levers ~2.6 min (3 variants at 81 frames took 2 min 34 s
+# on 2026-11-29), each tail run ~40 s without its serial part, and the compiled decoder last, under
+# a time limit (its compile time is not known yet) so the runs before it are kept whatever happens.
+step_round3() {
+    python3 -m wan22bot.bench.levers --frames 81 --warmup 1 --repeat-large 2 \
+        --variants "stock,fp8static+auto+compile,fp8static+sagewarp+compile" \
+        --large-variants "stock,fp8static+auto+compile,fp8static+sagewarp+compile" \
+        --json "$OUT/levers81-round3.json"
+    random_rife
+    local name flags
+    for name in none channels-last cudnn-benchmark compile-decoder; do
+        flags=""
+        [ "$name" != none ] && flags="--$name"
+        # the compile run gets what is left of the call; the others are quick
+        timeout "$([ "$name" = compile-decoder ] && echo "${ROUND3_COMPILE_LIMIT:-210}" || echo 150)" \
+            python3 -m wan22bot.bench.tail --device cuda --frames 81 --vae-dtype bf16 --psnr --rife --no-serial \
+            --rife-weights /tmp/rife-random/flownet.pkl $flags | tail -1 | tee "$OUT/tail-round3-$name.json"
+        echo "tail $name: exit ${PIPESTATUS[0]} ($(date -u +%H:%M:%S))"
+    done
+}
+
+step_round3e2e() {
+    local cache
+    cache=$(mktemp -d)
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --frames 81 --fp8-scaling static \
+        --json "$OUT/coldstart81-cold.json"
+    random_rife
+    python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline --interpolate \
+        --frames 81 --repeat 1 --json "$OUT/e2e81-round3.json"
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
