@@ -143,6 +143,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
             encode = renderer.generator.last_encode
             if encode is not None:
                 row["image_encode_report"] = encode.as_dict()  # which encoder layers the shortcut skipped
+                row["image_encode_shortcut"] = encode.describe()
             timer = renderer.generator.last_timer
             if timer is not None and timer.peak_gib:
                 # each stage resets the device's peak counter: the render's peak is the largest
@@ -171,6 +172,8 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         if "stock_pass_s" in r:
             line += f" {r['stock_pass_s']:>10.2f} {r['speedup_pass1']:>6.2f}"
         print(line)
+        if r.get("image_encode_shortcut"):
+            print(f"       image encode {m['image_encode']:.2f} s: {r['image_encode_shortcut']}")
         if r.get("stage_peak_gib"):
             print("       peak GiB by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stage_peak_gib"].items()))
     result = {
