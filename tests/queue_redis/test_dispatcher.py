@@ -97,3 +97,27 @@ async def test_states_lists_the_live_workers_from_their_hashes(redis_backend):
     assert (bb["name"], bb["state"], bb["busy"], bb["loaded"]) == ("gpu-b", "idle", False, False)
     await r.delete(k.worker("gpu-a"))  # expired: gone from the list
     await until(lambda: [s["name"] for s in b.dispatcher.states()] == ["gpu-b"], 3, "gpu-a to go")
+
+
+async def test_at_start_a_settled_jobs_stale_entry_is_cancelled_and_a_queued_jobs_is_not(redis_backend):
+    b = redis_backend
+    await b.work.close()
+    b.workers.remove(b.work)
+    settled = await b.submit(name="settled.jpg")
+    queued = await b.submit(name="queued.jpg")
+    await until(lambda: [j.id for j in b.dispatcher.running] == [settled.id], 3, "the first dispatch")
+    r, k = b.dispatcher.redis, keys(b.cfg)
+    [(_, fields)] = await r.xrange(k.stream)
+    await b.dispatcher.stop()
+    await b.front.finish(await b.job(settled.id), JobState.failed, error="settled elsewhere")
+    # an entry for the queued job too (a worker handed it back, then died before its ack)
+    await r.xadd(k.stream, {**fields, b"job": queued.id.encode()})
+    await b.front.close()
+    await b._open_front()
+    assert await r.get(k.cancel(settled.id)) == b"1"
+    assert await r.exists(k.cancel(queued.id)) == 0
+    w = await b.new_worker("w9")
+    # the settled job's entry is skipped; the queued job runs (from its old entry or its new one)
+    job = await b.claim(work=w)
+    assert job.id == queued.id
+    assert (await b.job(settled.id)).error == "settled elsewhere"

@@ -257,11 +257,15 @@ class Dispatcher:
             if worker is None and _sid(entry) <= _sid(last):
                 o.worker = "?"  # delivered, then acknowledged by nobody yet: some worker has it
         for job_id, entry in entry_of.items():
-            if job_id not in known:
-                # an entry for a job that is no longer out (settled, or queued again): whoever takes it
-                # skips it, and a worker already on it stops
+            if job_id in known:
+                continue
+            job = await self.queue.get(job_id)
+            if job is None or job.state.final:
+                # an entry for a job that is settled (or pruned): whoever takes it skips it, and a
+                # worker already on it stops. A queued job's old entry is left alone: the cancel key
+                # is per job, and would stop its next run too; a duplicate run is stored once.
                 await r.set(k.cancel(job_id), "1", ex=CANCEL_TTL)
-                log.info("job %s: a stale stream entry %s is marked cancelled", job_id, entry)
+                log.info("job %s: its stale stream entry %s is marked cancelled", job_id, entry)
         if out:
             log.info("dispatcher: %d jobs out on the stream after the start (%d with a worker)", len(self._out),
                      sum(1 for o in self._out.values() if o.worker))
@@ -352,7 +356,12 @@ class Dispatcher:
         while True:
             fields["sent"] = f"{time.time():.3f}"
             try:
-                entry = text(await self.redis.xadd(self.keys.stream, fields))
+                async with self.redis.pipeline(transaction=True) as p:
+                    # a cancel left from an earlier run of this job (cancelled, then handed back at a
+                    # worker's shutdown) is not for this one: the journal says it is to run
+                    p.delete(self.keys.cancel(job.id))
+                    p.xadd(self.keys.stream, fields)
+                    entry = text((await p.execute())[1])
                 break
             except asyncio.CancelledError:
                 self._out.pop(job.id, None)
