@@ -107,6 +107,11 @@ def test_queue_and_status_text():
     assert "GPU cuda:0 (H100): 40.00 GiB allocated, 42.00 GiB reserved of 80.00 GiB." in text
     assert "Queue: 2 waiting, 1 rendering" in text
     assert "Last job: Pass 1 (high noise) 1 min 02 s, Pass 2 (low noise) 58.2 s, total 2 min 11 s." in text
+    assert "Workers:" not in text  # one in-process worker: nothing to list
+    info["workers"] = [{"name": "gpubox-1a2b3c", "device": "cuda:0", "state": "busy", "job": "abc123def456"},
+                       {"name": "gpubox-4d5e6f", "device": "cuda:0", "state": "idle", "job": None}]
+    assert ("Workers: gpubox-1a2b3c on cuda:0: rendering abc123def456; gpubox-4d5e6f on cuda:0: idle."
+            in fmt.status_text(info))
 
 
 # ---------------------------------------------------------------------- access

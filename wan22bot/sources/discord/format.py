@@ -249,6 +249,11 @@ def status_text(info: Mapping[str, Any]) -> str:
     running = info.get("running")
     if running:
         lines.append(f"Rendering: {running}.")
+    workers = info.get("workers")
+    if workers:  # worker processes ([gpus]) or the workers on other boxes (a Redis queue)
+        each = [f"{w.get('name', '?')} on {w.get('device') or '?'}: "
+                f"{'rendering ' + w['job'] if w.get('job') else w.get('state', '?')}" for w in workers]
+        lines.append(f"Workers: {'; '.join(each)}.")
     t = info.get("last_timings")
     if t:
         lines.append(f"Last job: {PASS1} {secs(t.get('pass1'))}, {PASS2} {secs(t.get('pass2'))}, "

@@ -625,6 +625,7 @@ class DiscordSource:
             "counts": await self.queue.counts(),
             "running": running,
             "last_timings": getattr(w, "last_timings", None),
+            "workers": w.states() if hasattr(w, "states") else None,
         }
 
     # ------------------------------------------------------------------ small answers
