@@ -66,7 +66,8 @@ async def test_worker_renders_a_job_from_the_stream_and_the_front_stores_it(redi
         assert renderer.inputs == [data]
         assert done.result.output == str(b.output / "harbour.mp4") and (b.output / "harbour.mp4").is_file()
         assert ("started", sent.id) in b.events
-        assert not list((b.root / "w1" / "spool").iterdir())  # the photo copy went with the ack
+        # the photo copy goes with the ack, which follows the delivery
+        await until(lambda: not list((b.root / "w1" / "spool").iterdir()), 3, "the spooled photo to go")
     finally:
         await worker.stop()
 

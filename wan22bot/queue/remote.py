@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import DiskFull
 from ..fsutil import atomic_write
 from ..jobs import JobResult, JobSpec, JobState
 from .models import Job
@@ -182,9 +183,13 @@ class RemoteQueue:
     async def _take(self) -> tuple[str, dict[bytes, bytes], str] | None:
         r, k = self.redis, self.keys
         if self._check_own:
-            for entry, fields in _entries(await r.xreadgroup(k.group, self.name, {k.stream: "0"}, count=16)):
-                if entry not in {c.entry for c in self._claims.values()}:
+            # one at a time: each entry read back counts as a delivery (an attempt) of its job
+            held, after = {c.entry for c in self._claims.values()}, "0"
+            while got := _entries(await r.xreadgroup(k.group, self.name, {k.stream: after}, count=1)):
+                entry, fields = got[0]
+                if entry not in held:
                     return entry, fields, "resumed"
+                after = entry
             self._check_own = False
         start = "0-0"
         for _ in range(8):  # XAUTOCLAIM looks at a bounded slice of the pending list per call
@@ -256,7 +261,10 @@ class RemoteQueue:
         self._claims[job_id] = claim
         self._cancel[job_id] = threading.Event()
         claim.beat = asyncio.create_task(self._heartbeat(claim), name=f"heartbeat-{job_id}")
-        await self._event("claimed", job_id)
+        try:
+            await self._event("claimed", job_id)
+        except Exception as exc:  # the job is ours either way; the front learns it from the progress
+            log.warning("job %s: could not tell the front it was claimed (Redis: %s)", job_id, exc)
         now = time.time()
         log.info("job %s: %s by %s (entry %s, attempt %d)", job_id, how, self.name, entry, attempt)
         return Job(id=job_id, seq=0, state=JobState.running, spec=spec.model_copy(update={"input_path": str(photo)}),
@@ -265,8 +273,13 @@ class RemoteQueue:
     async def _photo(self, job_id: str, fields: dict[bytes, bytes], ext: str) -> tuple[Path, bool]:
         if b"photo" in fields:
             path = self.spool_dir / f"{job_id}{ext}"
-            await asyncio.to_thread(atomic_write, path, fields[b"photo"],
-                                    disk_full=f"no space left in {self.spool_dir} for the photo of job {job_id}")
+            try:
+                await asyncio.to_thread(atomic_write, path, fields[b"photo"],
+                                        disk_full=f"no space left in {self.spool_dir} on worker {self.name} for the "
+                                                  "photo; free some space there")
+            except (DiskFull, OSError) as exc:
+                raise _NoPhoto(str(exc) if isinstance(exc, DiskFull) else
+                               f"the photo could not be written to {path} on worker {self.name}: {exc}") from None
             return path, True
         rel = text(fields.get(b"photo_path"))
         if not rel:
@@ -308,7 +321,8 @@ class RemoteQueue:
                 except Exception as exc:
                     if not is_transient(exc):
                         log.exception("job %s: progress could not be sent", job_id)
-                    # a newer one may have come meanwhile; else this one is sent again later
+                        continue
+                    # Redis is away: sent when it is back, unless a newer one comes first
                     self._progress.setdefault(job_id, info)
                     await asyncio.sleep(1.0)
                     self._progress_wake.set()
