@@ -12,7 +12,7 @@ from wan22bot.jobs import JobState
 from wan22bot.queue import JobQueue
 from wan22bot.queue.dispatcher import OWNER, Dispatcher
 from wan22bot.queue.outcome import accept_result
-from wan22bot.queue.redis_conn import connect, keys
+from wan22bot.queue.redis_conn import connect, keys, text
 
 from .conftest import CLAIM_TIMEOUT, Backend, finish_done, freeze, photo_bytes, redis_config, spec, until
 
@@ -296,3 +296,35 @@ async def test_a_job_with_its_entry_still_there_is_left_to_its_worker_at_start(r
     await finish_done(b, job)
     await b.wait_state(job.id, "done")
     assert await pending(b) == []
+
+
+async def test_a_redis_that_lost_its_data_gets_the_jobs_that_were_out_again(tmp_path, make_redis_server):
+    server = make_redis_server(appendonly=False)  # a restart comes back empty
+    b = Backend("redis", tmp_path, server)
+    await b.open()
+    try:
+        first = await b.submit(name="one.jpg")
+        job = await b.claim()
+        second = await b.submit(name="two.jpg")  # out on the stream, waiting for a worker
+        await until(lambda: second.id in {j.id for j in b.dispatcher.running}, 3, "the second dispatch")
+        server.restart()
+        # both go back to the queue, and out again: the running one too, since its run is unknown
+        await until(lambda: first.id in {j.id for j in b.dispatcher.running}, 5, "the first job out again")
+        await finish_done(b, job)  # the run was not lost after all: its result counts
+        await b.wait_state(first.id, "done", timeout=10)
+
+        async def on_stream():
+            return {text(v) for v in (await b.dispatcher._entries(keys=[keys(b.cfg).stream]))[1::2]}
+
+        # the first job's second entry is withdrawn, unrun; the second job's goes out
+        await until(lambda: _eq(on_stream(), {second.id}), 5, "only the second job on the stream")
+        again = await b.claim(timeout=10)
+        assert again.id == second.id and again.attempts == 1
+        await finish_done(b, again)
+        await b.wait_state(second.id, "done", timeout=10)
+    finally:
+        await b.close()
+
+
+async def _eq(coro, expected) -> bool:
+    return await coro == expected

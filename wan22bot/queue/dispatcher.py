@@ -89,6 +89,10 @@ end
 return out
 """
 
+# 1 if entry ARGV[1] is in the stream (its fields stay on the server).
+EXISTS_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
+LOST_CHECK_POLLS = 20  # while an entry waits: every this many polls (~5 s), check it is still there
+
 
 def _sid(entry: str) -> tuple[int, int]:
     ms, _, seq = entry.partition("-")
@@ -130,6 +134,7 @@ class Dispatcher:
         self._workers: list[dict[str, Any]] = []
         self._withdraw = None
         self._entries = None
+        self._exists_script = None
 
     # ------------------------------------------------------------------ what the daemon asks
     @property
@@ -194,6 +199,7 @@ class Dispatcher:
         self._trouble = None
         self._withdraw = self.redis.register_script(WITHDRAW_LUA)
         self._entries = self.redis.register_script(ENTRIES_LUA)
+        self._exists_script = self.redis.register_script(EXISTS_LUA)
         await self._forever("reconcile", self._reconcile, once=True)
         log.info("dispatcher: jobs go to the workers on %s (%s)", shown_url(self.cfg.queue.url), self.keys.stream)
         self.ready.set()
@@ -235,13 +241,15 @@ class Dispatcher:
         await ensure_group(r, k)
         flat = [text(v) for v in await self._entries(keys=[k.stream])]
         entry_of = dict(zip(flat[1::2], flat[0::2]))  # job id -> entry id (the newest, if twice)
-        last = await self._last_delivered()
+        last = await self._last_delivered() or "0-0"
         owners = {text(p["message_id"]): text(p["consumer"])
                   for p in await r.xpending_range(k.stream, k.group, min="-", max="+", count=100000)}
         out = await self.queue.run_db(self.queue.journal.running_owned, OWNER)
         known = {j.id for j in out}
         for job in out:
             entry = entry_of.get(job.id)
+            if entry is None and self._out.get(job.id, _Out(job, "-")).entry == "":
+                continue  # being added right now (a reconcile while the dispatch loop sends it)
             if entry is None:
                 log.warning("job %s: out to the workers, but its stream entry is gone (Redis lost it?); queued again",
                             job.id)
@@ -267,16 +275,29 @@ class Dispatcher:
                 await r.set(k.cancel(job_id), "1", ex=CANCEL_TTL)
                 log.info("job %s: its stale stream entry %s is marked cancelled", job_id, entry)
         if out:
-            log.info("dispatcher: %d jobs out on the stream after the start (%d with a worker)", len(self._out),
-                     sum(1 for o in self._out.values() if o.worker))
+            log.info("dispatcher: %d jobs out on the stream (%d with a worker), as Redis and the journal agree",
+                     len(self._out), sum(1 for o in self._out.values() if o.worker))
 
-    async def _last_delivered(self) -> str:
-        for g in await self.redis.xinfo_groups(self.keys.stream):
+    async def _last_delivered(self) -> str | None:
+        """The id of the last entry the group handed to a worker; None when the stream or the group
+        is gone (a Redis that lost its data)."""
+        import redis.exceptions as rex
+
+        try:
+            groups = await self.redis.xinfo_groups(self.keys.stream)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise
+        for g in groups:
             if text(g.get("name")) == self.keys.group:
                 return text(g.get("last-delivered-id")) or "0-0"
-        return "0-0"
+        return None
 
     # ------------------------------------------------------------------ journal -> stream
+    async def _exists(self, entry: str) -> bool:
+        return bool(await self._exists_script(keys=[self.keys.stream], args=[entry]))
+
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
             await self._until_taken()
@@ -285,11 +306,20 @@ class Dispatcher:
 
     async def _until_taken(self) -> None:
         """Wait while an entry waits for a worker: the next job is only decided on when it can go."""
+        polls = 0
         while True:
             waiting = [o for o in self._out.values() if o.worker is None and o.entry]
             if not waiting:
                 return
-            last = _sid(await self._last_delivered())
+            polls += 1
+            delivered = await self._last_delivered()
+            if delivered is None or (polls % LOST_CHECK_POLLS == 0 and not await self._exists(waiting[0].entry)):
+                # Redis lost the stream (restarted without its data): what was out goes back to the queue
+                log.warning("dispatcher: the entry waiting for a worker is gone from Redis; looking for every job "
+                            "whose entry went with it")
+                await self._reconcile()
+                continue
+            last = _sid(delivered)
             for o in waiting:
                 if _sid(o.entry) <= last:
                     o.worker = o.worker or "?"  # taken; the claimed event names the worker
@@ -439,11 +469,18 @@ class Dispatcher:
         return self._tidy(o, final=kind in FINAL_STATES)
 
     async def _tidy(self, o: _Out, *, final: bool) -> None:
-        if o.shared_copy is not None:
-            await asyncio.to_thread(o.shared_copy.unlink, missing_ok=True)
-        if final and o.cancel_sent and self.redis is not None:
+        if final and o.worker is None and o.entry and self.redis is not None:
+            # settled while an entry for it still waited (a result from a run that was thought
+            # lost): the entry goes, or, if a worker took it meanwhile, that worker is stopped
+            with contextlib.suppress(Exception):
+                if not await self._withdraw(keys=[self.keys.stream], args=[self.keys.group, o.entry]):
+                    await self.redis.set(self.keys.cancel(o.job.id), "1", ex=CANCEL_TTL)
+                    o.cancel_sent = False  # the key stays: it is what stops that worker
+        elif final and o.cancel_sent and self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.delete(self.keys.cancel(o.job.id))
+        if o.shared_copy is not None:
+            await asyncio.to_thread(o.shared_copy.unlink, missing_ok=True)
 
     # ------------------------------------------------------------------ cancels
     async def _cancel_loop(self) -> None:
