@@ -121,3 +121,15 @@ async def test_at_start_a_settled_jobs_stale_entry_is_cancelled_and_a_queued_job
     job = await b.claim(work=w)
     assert job.id == queued.id
     assert (await b.job(settled.id)).error == "settled elsewhere"
+
+
+async def test_a_front_stopping_while_redis_is_away_keeps_the_unsent_job_queued(redis_backend):
+    b = redis_backend
+    b.server.kill()
+    sent = await b.submit(name="unsent.jpg")
+    await until(lambda: b.dispatcher.health().state == "waiting", 5, "the dispatcher to wait for Redis")
+    await until(lambda: sent.id in {j.id for j in b.dispatcher.running}, 3, "the job claimed for sending")
+    await b.dispatcher.stop()
+    job = await b.job(sent.id)
+    assert (job.state, job.attempts) == (JobState.queued, 0)  # as if never claimed
+    assert await b.front.position(sent.id) == 1

@@ -351,7 +351,7 @@ class Dispatcher:
                 await asyncio.wait_for(self._wakeup.wait(), 5.0)
 
     async def _send(self, job: Job) -> None:
-        """Add the job's entry; a Redis outage is waited out (the job stays claimed meanwhile)."""
+        """The job's entry, with its photo inline or in the shared folder; or the job fails saying why."""
         q = self.cfg.queue
         photo = Path(job.spec.input_path)
         ext = photo.suffix or ".img"
@@ -382,6 +382,19 @@ class Dispatcher:
             return
         # known before the entry exists: a worker's "claimed" may come back before xadd returns
         o = self._out[job.id] = _Out(job, "", shared_copy=shared)
+        try:
+            entry = await self._add(job, fields)
+        except BaseException:  # a stop, or a Redis that refuses: the job goes back to its place
+            self._out.pop(job.id, None)
+            await self._unclaim(job)
+            raise
+        o.entry = entry
+        log.info("job %s: sent to the workers (entry %s, %s)", job.id, entry,
+                 "photo in the entry" if shared is None else f"photo in {shared}")
+        self.queue.progress(job, "waiting for a worker")
+
+    async def _add(self, job: Job, fields: dict[str, Any]) -> str:
+        """XADD the entry; a Redis outage is waited out (the job stays claimed meanwhile)."""
         pause = 0.5
         while True:
             fields["sent"] = f"{time.time():.3f}"
@@ -391,26 +404,15 @@ class Dispatcher:
                     # worker's shutdown) is not for this one: the journal says it is to run
                     p.delete(self.keys.cancel(job.id))
                     p.xadd(self.keys.stream, fields)
-                    entry = text((await p.execute())[1])
-                break
-            except asyncio.CancelledError:
-                self._out.pop(job.id, None)
-                await self._unclaim(job)
-                raise
+                    return text((await p.execute())[1])
             except Exception as exc:
                 if is_nogroup(exc) or not is_transient(exc):
-                    self._out.pop(job.id, None)
-                    await self._unclaim(job)
                     raise
                 self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
                 log.warning("job %s: cannot add its stream entry (Redis: %s); trying again in %.1f s", job.id, exc,
                             pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 10.0)
-        o.entry = entry
-        log.info("job %s: sent to the workers (entry %s, %s)", job.id, entry,
-                 "photo in the entry" if shared is None else f"photo in {shared}")
-        self.queue.progress(job, "waiting for a worker")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
     async def _unclaim(self, job: Job) -> None:
         with contextlib.suppress(Exception):
