@@ -66,6 +66,10 @@ def test_the_front_status_lists_the_live_workers(cluster):
         entry = listed[w.name]
         assert entry["pid"] == w.proc.pid and entry["device"] == "cpu" and entry["loaded"] is True, entry
         assert entry["job"] is None and not entry["busy"], entry
+    status, metrics = cluster.front.get("/metrics")
+    assert status == 200
+    for w in cluster.workers:
+        assert f'wan22bot_worker_process_up{{device="cpu",worker="{w.name}"}} 1.0' in metrics.decode(), metrics
 
 
 def test_w2_speaks_sd_notify_and_took_its_token_from_the_credential(cluster):
