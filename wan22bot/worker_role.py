@@ -224,12 +224,14 @@ class WorkerRole:
             from .worker import Worker
 
             self.worker = Worker(cfg, self.remote, Renderer(cfg))
+            # unwound in reverse: the worker stops first, so its checkpointed job is handed back
+            # through a RemoteQueue that is still connected; then the queue closes
+            stack.push_async_callback(self.remote.close)
             stack.push_async_callback(self._stop_worker)
 
             self.notifier.status("connecting to Redis")
             if not await self._until_stopped(self.remote.start()):
                 return 0
-            stack.push_async_callback(self.remote.close)
 
             self.beacon = Beacon(cfg, self.name, self.worker, front=self.front)
             self.beacon.start()

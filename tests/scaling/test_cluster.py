@@ -175,7 +175,10 @@ def test_a_worker_stopped_mid_job_hands_it_back_and_says_stopping(cluster):
     assert len(stopping) == 1 and stopping[0].t >= t_term
     final = cluster.wait_final(photos, 30)
     assert_one_video_each(cluster, final, photos)
-    assert cluster.done_on(mine["id"]) == ["w1"]  # handed back, then rendered by the one left
+    # handed back to the front's queue at once, not left for a takeover after the claim timeout
+    assert f"job {mine['id']}: handed back by w2; queued again" in cluster.front.text()
+    assert f"job {mine['id']}: taken over" not in cluster.front.text()
+    assert cluster.done_on(mine["id"]) == ["w1"]
     assert final[next(p for p in photos if on[p] is w2)]["attempts"] == 1  # the hand-back spent no attempt
 
 

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from tests.daemon.conftest import DaemonProc
 from tests.redis_server import RedisServer
 from wan22bot.cli import main
 from wan22bot.config import load_config
