@@ -63,9 +63,16 @@ def test_compiled_decoder_decodes_the_same_video():
     assert vae.decoder._compiled_call_impl is not None
 
 
-def test_vae_levers_are_off_by_default():
+def test_only_channels_last_is_on_by_default_and_only_on_a_gpu():
     cfg = ModelConfig()
-    assert (cfg.vae_channels_last, cfg.vae_cudnn_benchmark, cfg.vae_compile) == (False, False, False)
+    assert (cfg.vae_channels_last, cfg.vae_cudnn_benchmark, cfg.vae_compile) == ("auto", False, False)
+    from wan22bot.engine.generator import TwoPassGenerator
+
+    gen = TwoPassGenerator(ModelConfig(kind="tiny", device="cpu"))
+    gen.load()
+    convs = [m for m in gen.components.vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and not any(m.weight.is_contiguous(memory_format=torch.channels_last_3d)
+                             and not m.weight.is_contiguous() for m in convs)
 
 
 def test_the_render_path_applies_the_configured_levers(photo_small):

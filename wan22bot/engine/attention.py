@@ -39,7 +39,7 @@ DIFFUSERS_NAMES = {
 # cuDNN fp8 0.060. The model-level accuracy guard (0.05 through all 40 blocks) is checked by the
 # benchmark (`python -m wan22bot.bench.levers`), not here.
 SELF_CHECK_MAX_ERROR = 0.1
-AUTO_ORDER = ("sage", "fa3")
+AUTO_ORDER = ("sage-warp", "sage", "fa3")
 Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -206,20 +206,25 @@ def _install(model: torch.nn.Module, name: str) -> None:
 def auto_candidate_reason(name: str, device: torch.device) -> str | None:
     """Why `auto` must pass over `name` before even trying it (None: try it)."""
     why = unavailable_reason(name, device)
+    if why is None and name == "sage-warp" and _capability(device) != (9, 0):
+        # per-warp Q/K quantisation is a choice of the sm90 kernel; elsewhere it would be plain sage
+        why = "its per-warp kernel is the Hopper (sm90) one; sage covers this GPU"
     if why is None and name == "sage" and sage_major() < 2:
         why = f"sageattention {sage_version()} is 1.x (slower than cuDNN on Hopper; auto wants 2.x)"
     return why
 
 
 def choose_auto(device: torch.device, checker=self_check, reason=auto_candidate_reason) -> AttentionChoice:
-    """Sage 2.x, then FA3 bf16, then SDPA: the first candidate installed here that passes a self-check."""
+    """Sage 2.x (its per-warp sm90 kernel on Hopper first), then FA3 bf16, then SDPA: the first
+    candidate installed here that passes a self-check."""
     if device.type != "cuda":
         return AttentionChoice("auto", "sdpa")
     skipped = []
     for name in AUTO_ORDER:
         why = reason(name, device)
         if why is not None:
-            skipped.append(f"{name}: {why}")
+            if name != "sage-warp":  # a variant of sage: sage's own line says why both are out
+                skipped.append(f"{name}: {why}")
             continue
         try:
             err = checker(core_for(name), device)

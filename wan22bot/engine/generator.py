@@ -212,7 +212,10 @@ class TwoPassGenerator:
                                            num_blocks_per_group=1, use_stream=cuda)
         self.lora_fused = bool(self.loras)
         comps.vae = cast_for_compute(comps.vae, self.dtype).to(self.device)
-        levers = apply_vae_levers(comps.vae, channels_last=self.cfg.vae_channels_last, compile=self.cfg.vae_compile)
+        channels_last = self.cfg.vae_channels_last
+        if channels_last == "auto":
+            channels_last = self.device.type == "cuda"
+        levers = apply_vae_levers(comps.vae, channels_last=channels_last, compile=self.cfg.vae_compile)
         if self.cfg.vae_cudnn_benchmark:
             levers.append("cuDNN autotuning")
         if levers:
