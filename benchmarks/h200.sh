@@ -12,12 +12,15 @@
 #                                then the tail at bf16 with each VAE lever (and none), PSNR against fp32; ~8 min
 #   benchmarks/h200.sh round3e2e the first compiled call at 81 frames (cold cache, static fp8 scales), then
 #                                photo -> MP4 at 81 frames on benchmarks/default.toml (image encode shortcut on); ~5 min
+#   benchmarks/h200.sh levers25r3 stock and the default path at 25 frames; ~1 min
+#   benchmarks/h200.sh profile81 one 81-frame forward of the default path under torch.profiler; ~2 min
 #
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
 set -uo pipefail
 . "$(dirname "$0")/device-env.sh"
-# SNAP: a clean export of the package to run instead of the working tree (optional)
+# SNAP: a clean export to run instead of the working tree (optional), made with
+#   mkdir -p .snap/head && git archive HEAD wan22bot benchmarks examples | tar -x -C .snap/head
 if [ -n "${SNAP:-}" ]; then cp -r .sage "$SNAP/" 2>/dev/null; cd "$SNAP"; fi
 export PYTHONPATH="$SITE:$PWD"
 
@@ -89,6 +92,15 @@ step_round3() {
             --rife-weights /tmp/rife-random/flownet.pkl $flags | tail -1 | tee "$OUT/tail-round3-$name.json"
         echo "tail $name: exit ${PIPESTATUS[0]} ($(date -u +%H:%M:%S))"
     done
+}
+
+step_levers25r3() {
+    python3 -m wan22bot.bench.levers --frames 25 --warmup 1 --repeat 3 \
+        --variants "stock,fp8static+auto+compile" --large-variants "stock" --json "$OUT/levers25-round3.json"
+}
+
+step_profile81() {
+    python3 -m wan22bot.bench.profile --frames 81 --json "$OUT/profile81.json"
 }
 
 step_round3e2e() {
