@@ -198,6 +198,7 @@ class WorkerRole:
             stack.callback(self.lock.release)
             self._clear_results()
 
+            from .queue.outcome import BadResult
             from .queue.remote import RemoteQueue
             from .queue.upload import ResultUploader
 
@@ -206,8 +207,13 @@ class WorkerRole:
                 stack.push_async_callback(uploader.close)
 
             async def deliver(outcome, video, sidecar):
-                accepted = await uploader.deliver(outcome, video, sidecar)
-                # the front has the files now (or refused them for good): this box's copies are nobody's
+                try:
+                    accepted = await uploader.deliver(outcome, video, sidecar)
+                except BadResult:
+                    # refused for good: the job is reported failed without them, so they are nobody's
+                    await asyncio.to_thread(_remove, video, sidecar)
+                    raise
+                # the front has the files now: this box's copies are nobody's
                 await asyncio.to_thread(_remove, video, sidecar)
                 return accepted
 

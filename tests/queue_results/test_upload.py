@@ -13,7 +13,7 @@ import pytest
 from tests.http.helpers import TOKEN_ENV, make_config
 from wan22bot.errors import ConfigError
 from wan22bot.jobs import JobState
-from wan22bot.queue.outcome import Accepted
+from wan22bot.queue.outcome import Accepted, BadResult
 from wan22bot.queue.upload import ResultUploader
 from wan22bot.sources.http import HttpSource
 
@@ -144,10 +144,13 @@ async def test_413_gives_up_with_an_error_naming_the_setting(open_http_front, up
     job = await front.jobs.running_job()
     video, sidecar, _, _ = rendered(tmp_path, noise=True, n=6)
     t0 = time.monotonic()
-    assert await asyncio.wait_for(uploaders(front.source.port).deliver(outcome(job), video, sidecar), BOUND) is None
+    with pytest.raises(BadResult, match=r"HTTP 413.*\[queue\] max_result_mb") as refused:
+        await asyncio.wait_for(uploaders(front.source.port).deliver(outcome(job), video, sidecar), BOUND)
     assert time.monotonic() - t0 < 1.0  # no retries
+    assert "refused the done result from gpu-box-1" in str(refused.value)  # what the job's failure will say
     errors = logged(caplog, logging.ERROR, "HTTP 413")
-    assert len(errors) == 1 and "giving up" in errors[0] and "[queue] max_result_mb" in errors[0]
+    assert len(errors) == 1 and "not sent again" in errors[0] and "[queue] max_result_mb" in errors[0]
+    # the uploader alone settles nothing: RemoteQueue reports the job failed (test_refused.py)
     assert (await front.queue.get(job.id)).state == JobState.running
     assert list(front.queue.output_dir.iterdir()) == []
 

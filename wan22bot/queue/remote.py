@@ -443,8 +443,9 @@ class RemoteQueue:
                     return True
                 # the render cannot be stored as it is: the job fails with the reason, not silently
                 log.error("job %s: the front refused the result: %s; reporting the job failed", outcome.job, exc)
+                # bounded: the front takes an error of at most 20000 characters
                 outcome = outcome.model_copy(update={"state": "failed", "result": None,
-                                                     "error": f"the result could not be stored: {exc}"})
+                                                     "error": f"the result could not be stored: {str(exc)[:4000]}"})
                 video = sidecar = None
                 continue
             except asyncio.CancelledError:

@@ -5,7 +5,9 @@ unreachable is waited for (backoff from 1 s up to 30 s between tries) rather tha
 the stream entry is only acknowledged once this returns. A wrong or missing token is a setting a
 person has to fix: those tries go on too, with an error logged once a minute naming the setting.
 Only answers that no retry can change end it: 2xx (stored, or already stored by a duplicate),
-404 (the front does not know the job) and 400/413 (the front refuses this result as it is).
+404 (the front does not know the job) and 400/413 (the front refuses this result as it is: raised
+as BadResult, so the caller can report the job failed with that reason instead of leaving it
+running on the front).
 
 The files are streamed from disk (never read whole into memory) and the token is read from the
 environment at each try, so a token fixed while the worker waits is used at the next one.
@@ -24,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from ..config import Config
-from .outcome import Accepted, ResultOutcome
+from .outcome import Accepted, BadResult, ResultOutcome
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ def front_base(cfg: Config) -> str:
 
 class ResultUploader:
     """`deliver(outcome, video, sidecar)` for RemoteQueue: returns once the front has settled the job
-    (the front's Accepted) or has answered that it never will (None, with the reason logged)."""
+    (the front's Accepted) or does not know it (None, logged); raises BadResult when the front
+    refuses this outcome for good (400, 413), with the front's reason."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -91,10 +94,14 @@ class ResultUploader:
                                 error)
                     return None
                 if status in FINAL_REFUSALS:
-                    log.error("%s was refused by the front (HTTP %d: %s); giving up on it%s", what, status, error,
-                              " (raise [queue] max_result_mb on the front to take results this size)"
-                              if status == 413 else "")
-                    return None
+                    # raised, not returned: the caller still owes the front an outcome it can take
+                    # (RemoteQueue reports a refused done result as failed, with this reason)
+                    reason = (f"the front at {self.base} refused the {outcome.state} result from {outcome.worker} "
+                              f"(HTTP {status}: {error})"
+                              + ("; raise [queue] max_result_mb on the front to take results this size"
+                                 if status == 413 else ""))
+                    log.error("job %s: %s; not sent again as it is", outcome.job, reason)
+                    raise BadResult(reason)
                 if status in (401, 403):
                     problem = (f"the front refuses the token (HTTP {status}: {error}); the worker must send the "
                                f"front's [http] token in the environment variable {self.cfg.http.token_env} "
