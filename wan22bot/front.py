@@ -154,14 +154,15 @@ class FrontWorkers:
 
     # ------------------------------------------------------------------ the local worker's results
     async def _deliver(self, outcome, video: Path | None, sidecar: Path | None) -> None:
-        from .queue.outcome import BadResult, UnknownJob, accept_result
+        # BadResult (a render that cannot be stored as it is) is not caught here: RemoteQueue
+        # reports the job failed with the reason, as for a remote worker's refused upload;
+        # swallowing it would leave the job running on the front for ever
+        from .queue.outcome import UnknownJob, accept_result
 
         try:
             await accept_result(self.queue, outcome, video, sidecar)
         except UnknownJob as exc:
             log.warning("job %s: %s", outcome.job, exc)
-        except BadResult as exc:
-            log.error("job %s: the result of this box's worker was refused: %s", outcome.job, exc)
         except DiskFull as exc:
             # the render is gone with the files accept_result removed: the job fails with the
             # reason, as a job on the SQLite queue does when its MP4 does not fit

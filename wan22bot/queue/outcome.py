@@ -104,6 +104,12 @@ async def _settle(queue: JobQueue, outcome: ResultOutcome, video: Path | None, s
     if outcome.state == "requeue":
         if job.state == JobState.queued:  # handed back already (or never left): nothing to undo
             return Accepted(True, JobState.queued.value)
+        if queue.cancel_flag(job.id).is_set():
+            # cancelled here while its worker was stopping: the person asked for it to end, and a
+            # requeue would run it again on the next free worker
+            await queue.finish(job, JobState.cancelled, error="cancelled")
+            log.info("job %s: handed back by %s after a cancel was requested; cancelled", job.id, outcome.worker)
+            return Accepted(True, JobState.cancelled.value)
         await queue.requeue(job, count_attempt=False)
         log.info("job %s: handed back by %s; queued again", job.id, outcome.worker)
         return Accepted(True, JobState.queued.value)

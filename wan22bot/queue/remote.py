@@ -408,18 +408,24 @@ class RemoteQueue:
         claim = self._claims.get(job.id)
         if claim is None:
             return
-        if not claim.lost:
-            outcome = ResultOutcome(job=job.id, state="requeue", worker=self.name, attempt=claim.attempt)
-            try:
-                delivered = await asyncio.wait_for(self._deliver(claim, outcome, None, None), self.requeue_wait)
-            except TimeoutError:
-                delivered = False
-                self._check_own = True
-                log.warning("job %s: the front did not take it back within %.0f s; its entry stays pending and is "
-                            "resumed by this worker's next start, or taken over by another worker after %g s",
-                            job.id, self.requeue_wait, self.claim_timeout)
-            if delivered:
-                await self._ack_claim(claim)
+        step = "the front did not take it back"
+        try:
+            # one deadline for the whole hand-back: neither the front nor Redis holds the stop
+            async with asyncio.timeout(self.requeue_wait):
+                # one fresh look first: a worker whose entry was taken over while it was silent
+                # must not hand back a job another worker is running (the front would queue it
+                # and send it out a third time)
+                await self._check(claim)
+                if not claim.lost:
+                    outcome = ResultOutcome(job=job.id, state="requeue", worker=self.name, attempt=claim.attempt)
+                    if await self._deliver(claim, outcome, None, None):
+                        step = "Redis did not take the acknowledgement"
+                        await self._ack_claim(claim)
+        except TimeoutError:
+            self._check_own = True
+            log.warning("job %s: %s within %.0f s; its entry stays pending and is resumed by this worker's next "
+                        "start, or taken over by another worker after %g s", job.id, step, self.requeue_wait,
+                        self.claim_timeout)
         self._drop(claim)  # a pending entry still carries the photo: whoever resumes it writes it again
 
     async def _deliver(self, claim: _Claim, outcome: ResultOutcome, video: Path | None,

@@ -1,0 +1,102 @@
+"""Races between a cancel, a claim, a hand-back and a takeover, each settled once and correctly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from wan22bot.jobs import JobResult, JobState
+from wan22bot.queue.outcome import accept_result
+from wan22bot.queue.redis_conn import keys
+
+from .conftest import finish_done, freeze
+
+
+async def pending(b) -> list[dict]:
+    k = keys(b.cfg)
+    return await b.dispatcher.redis.xpending_range(k.stream, k.group, min="-", max="+", count=100)
+
+
+async def test_a_worker_that_lost_its_entry_does_not_hand_the_job_back(redis_backend):
+    """Stopped (SIGTERM) after a stall, before any heartbeat noticed the takeover: handing the job
+    back would queue it on the front while the other worker runs it."""
+    b = redis_backend
+    delivered = []
+    front = b.front
+
+    async def recording(outcome, video, sidecar):
+        delivered.append(outcome.state)
+        return await accept_result(front, outcome, video, sidecar)
+
+    slow = await b.new_worker("slow", deliver=recording)
+    await b.submit()
+    job = await b.claim(work=slow)
+    freeze(slow)
+    other = await b.new_worker("w2")
+    taken = await b.claim(timeout=5, work=other)
+    assert taken.id == job.id
+
+    await asyncio.wait_for(slow.requeue(job), 5)
+
+    assert delivered == []
+    assert (await b.job(job.id)).state == JobState.running
+    assert [p["consumer"].decode() for p in await pending(b)] == ["w2"]
+    await finish_done(b, taken, work=other)
+    done = await b.wait_state(job.id, "done")
+    assert done.attempts == 1  # the hand-back that did not happen spent nothing either
+
+
+async def test_a_stop_while_redis_is_away_is_not_held_by_the_acknowledgement(redis_backend):
+    b = redis_backend
+    await b.submit()
+    job = await b.claim()
+    b.work.requeue_wait = 1.5
+    b.server.kill()
+    try:
+        t0 = time.monotonic()
+        await asyncio.wait_for(b.work.requeue(job), 10)
+        assert time.monotonic() - t0 < 5
+        assert ("requeued", job.id) in b.events  # the front (reachable) took it back
+    finally:
+        b.server.start()
+
+
+async def test_a_job_handed_back_after_its_cancel_was_requested_ends_cancelled(redis_backend):
+    """The person cancels while the worker is stopping: the worker's checkpoint hands the job
+    back, and the front must not queue it to run again."""
+    b = redis_backend
+    await b.submit()
+    job = await b.claim()
+    assert await b.front.cancel(job.id) == "cancelling"
+    await asyncio.wait_for(b.work.requeue(job), 5)
+    got = await b.wait_state(job.id, "cancelled", "queued")
+    assert got.state == JobState.cancelled and got.error == "cancelled"
+    await asyncio.sleep(0.5)  # nothing sends it out again
+    assert await pending(b) == []
+    assert await b.dispatcher.redis.xlen(keys(b.cfg).stream) == 0
+
+
+async def test_a_render_the_front_refuses_from_its_own_worker_fails_the_job(redis_backend):
+    """[worker] enabled on a Redis front: its worker settles through accept_result directly; a
+    render that cannot be stored must end the job failed, not leave it running."""
+    from wan22bot.front import FrontWorkers
+
+    b = redis_backend
+    cfg = b.cfg.model_copy(deep=True)
+    cfg.worker.enabled = False  # no Renderer here: only the front's delivery path is used
+    front_workers = FrontWorkers(cfg, b.front)
+    local = await b.new_worker("front-local", deliver=front_workers._deliver)
+    await b.submit(name="odd.jpg")
+    job = await b.claim(work=local)
+    folder = b.root / "front-local" / "results"
+    folder.mkdir(parents=True)
+    video, side = folder / "odd.mp4", folder / "odd.json"
+    video.write_bytes(b"this is not an mp4 file at all")
+    side.write_text("{}")
+    result = JobResult(output=str(video), sidecar=str(side), timings={"pass1": 1.0, "pass2": 1.0, "total": 2.0},
+                       frames=5, fps=16, width=64, height=96, seed=1, bytes=30)
+    await asyncio.wait_for(local.finish(job, JobState.done, result=result), 5)
+    failed = await b.wait_state(job.id, "failed", "done")
+    assert failed.state == JobState.failed and "not an MP4" in failed.error, failed.error
+    assert await pending(b) == []
+    assert list(b.output.iterdir()) == []
