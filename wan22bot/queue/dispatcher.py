@@ -131,6 +131,7 @@ class Dispatcher:
         self._stopping = False
         self._death: str | None = None
         self._trouble: str | None = None  # the Redis problem being waited out, for health()
+        self._away: dict[str, float] = {}  # loop name -> when it first found Redis away (logged once)
         self._workers: list[dict[str, Any]] = []
         self._withdraw = None
         self._entries = None
@@ -213,7 +214,7 @@ class Dispatcher:
         while not self._stopping:
             try:
                 await fn()
-                self._trouble = None
+                self._answered()
                 if once:
                     return
                 pause = 0.5
@@ -227,12 +228,28 @@ class Dispatcher:
                         await self._reconcile()
                     continue
                 if is_transient(exc):
-                    self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
-                    log.warning("dispatcher (%s): Redis: %s; trying again in %.1f s", name, exc, pause)
+                    self._away_now(name, exc)
                 else:
                     log.exception("dispatcher (%s) failed; trying again in %.1f s", name, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
+
+    def _away_now(self, name: str, exc: BaseException) -> None:
+        """Redis failed one of the loops: said once per loop and outage, not at each retry."""
+        self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
+        if name not in self._away:
+            self._away[name] = time.monotonic()
+            log.warning("dispatcher (%s): Redis: %s; trying again until it answers", name, exc)
+        else:
+            log.debug("dispatcher (%s): Redis still away: %s", name, exc)
+
+    def _answered(self) -> None:
+        """Redis answered (the events loop reads every second): the outage, if any, is over."""
+        self._trouble = None
+        if self._away:
+            log.info("dispatcher: Redis at %s answers again (away %.1f s)", shown_url(self.cfg.queue.url),
+                     time.monotonic() - min(self._away.values()))
+            self._away.clear()
 
     # ------------------------------------------------------------------ reconcile
     async def _reconcile(self) -> None:
@@ -408,9 +425,7 @@ class Dispatcher:
             except Exception as exc:
                 if is_nogroup(exc) or not is_transient(exc):
                     raise
-                self._trouble = f"Redis at {shown_url(self.cfg.queue.url)}: {exc}"
-                log.warning("job %s: cannot add its stream entry (Redis: %s); trying again in %.1f s", job.id, exc,
-                            pause)
+                self._away_now("dispatch", exc)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 10.0)
 
@@ -427,7 +442,7 @@ class Dispatcher:
         last = "$"  # what workers said while the front was away is in the reconcile's XPENDING
         while not self._stopping:
             reply = await self.redis.xread({self.keys.events: last}, count=100, block=BLOCK_MS)
-            self._trouble = None  # Redis answers
+            self._answered()
             for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or []):
                 for entry_id, fields in entries:
                     last = text(entry_id)

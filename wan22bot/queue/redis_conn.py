@@ -68,6 +68,28 @@ class RedisKeys:
         return f"{self.prefix}:worker:*"
 
 
+class Outage:
+    """A Redis outage as one loop sees it: a warning when it starts and a line when Redis answers
+    again, not one at every retry (a loop retrying every few seconds would fill the journal)."""
+
+    def __init__(self, logger: logging.Logger, what: str):
+        self.log = logger
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.warning("%s: Redis: %s; trying again until it answers", self.what, exc)
+        else:
+            self.log.debug("%s: Redis still away: %s", self.what, exc)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            self.log.info("%s: Redis answers again (away %.1f s)", self.what, time.monotonic() - self.since)
+            self.since = None
+
+
 def keys(cfg: Config) -> RedisKeys:
     p = cfg.queue.redis_prefix
     return RedisKeys(prefix=p, stream=f"{p}:jobs", group=f"{p}:workers", events=f"{p}:events")
@@ -195,9 +217,11 @@ async def connect(cfg: Config, *, wait: float | None = None, environ: Mapping[st
     r = client(cfg, environ)
     t0 = time.monotonic()
     pause = 0.5
+    outage = Outage(log, f"connecting to {shown_url(cfg.queue.url)}")
     while True:
         try:
             await r.ping()
+            outage.answered()
             return r
         except Exception as exc:
             if is_login_error(exc):
@@ -210,8 +234,7 @@ async def connect(cfg: Config, *, wait: float | None = None, environ: Mapping[st
                 await r.aclose()
                 raise RedisUnavailable(f"Redis at {shown_url(cfg.queue.url)} does not answer ({exc}): start it, or "
                                        "fix [queue] url") from None
-            log.warning("Redis at %s does not answer (%s); trying again in %.1f s", shown_url(cfg.queue.url), exc,
-                        pause)
+            outage.failed(exc)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 10.0)
 

@@ -37,8 +37,8 @@ from ..fsutil import atomic_write
 from ..jobs import JobResult, JobSpec, JobState
 from .models import Job
 from .outcome import ResultOutcome, UnknownJob
-from .redis_conn import (BLOCK_MS, EVENTS_MAXLEN, connect, ensure_group, is_nogroup, is_transient, keys, text,
-                         worker_name)
+from .redis_conn import (BLOCK_MS, EVENTS_MAXLEN, Outage, connect, ensure_group, is_nogroup, is_transient, keys,
+                         text, worker_name)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class RemoteQueue:
         # read our own pending entries before new ones: at start, and after anything that may have
         # left one there (a reply lost with its connection, a checkpoint the front did not get)
         self._check_own = True
+        self._reads = Outage(log, f"worker {self.name}: reading the stream")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -150,6 +151,7 @@ class RemoteQueue:
         while True:
             try:
                 taken = await self._take()
+                self._reads.answered()
                 pause = 0.5
             except Exception as exc:
                 if is_nogroup(exc):
@@ -160,7 +162,7 @@ class RemoteQueue:
                 if not is_transient(exc):
                     raise
                 self._check_own = True  # a read's reply may have gone with the connection
-                log.warning("worker %s: Redis: %s; trying again in %.1f s", self.name, exc, pause)
+                self._reads.failed(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
                 continue
@@ -174,7 +176,7 @@ class RemoteQueue:
                     raise
                 # the entry stays pending to us: read again from our own list
                 self._check_own = True
-                log.warning("worker %s: Redis: %s while opening entry %s; trying again", self.name, exc, entry)
+                self._reads.failed(exc)
                 await asyncio.sleep(pause)
                 continue
             if job is not None:
@@ -479,19 +481,21 @@ class RemoteQueue:
     async def _ack(self, entry: str, claim: _Claim | None = None) -> None:
         """XACK + XDEL, retried while Redis is away (the outcome is delivered; only the entry is left)."""
         pause = 0.5
+        outage = Outage(log, f"worker {self.name}: acknowledging entry {entry}")
         while claim is None or not claim.lost:
             try:
                 async with self.redis.pipeline(transaction=True) as p:
                     p.xack(self.keys.stream, self.keys.group, entry)
                     p.xdel(self.keys.stream, entry)
                     await p.execute()
+                outage.answered()
                 return
             except Exception as exc:
                 if is_nogroup(exc):
                     return  # the stream is gone, and the entry with it
                 if not is_transient(exc):
                     raise
-                log.warning("entry %s: acknowledging it failed (Redis: %s); trying again in %.1f s", entry, exc, pause)
+                outage.failed(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
 
