@@ -46,3 +46,16 @@ async def test_a_redis_outage_is_logged_once_per_loop_and_its_end_once(redis_bac
                 "the dispatcher to say Redis answers again")
     assert any(m.startswith("worker w1: reading the stream: Redis answers again") for m in infos())
     assert b.dispatcher.health().state != "waiting"
+
+
+async def test_what_a_worker_says_while_the_fronts_events_read_waits_to_retry_is_not_lost(redis_backend):
+    b = redis_backend
+    await b.submit()
+    job = await b.claim()
+    await until(lambda: b.dispatcher.current is not None, 5, "the front to hear of the claim")
+    b.server.kill()
+    await until(lambda: "events" in b.dispatcher._away, 5, "the events read to fail")
+    b.server.start()  # back at once: the events read waits 0.5 s before its next try
+    b.work.progress(job, "pass1", 1, 2)  # said in that wait
+    await until(lambda: (b.front.live.get(job.id) or {}).get("stage") == "pass1", 5,
+                "the front to show the progress said in between")

@@ -132,6 +132,7 @@ class Dispatcher:
         self._death: str | None = None
         self._trouble: str | None = None  # the Redis problem being waited out, for health()
         self._away: dict[str, float] = {}  # loop name -> when it first found Redis away (logged once)
+        self._events_after: str | None = None  # the last P:events entry read
         self._workers: list[dict[str, Any]] = []
         self._withdraw = None
         self._entries = None
@@ -439,13 +440,18 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ stream -> queue
     async def _events_loop(self) -> None:
-        last = "$"  # what workers said while the front was away is in the reconcile's XPENDING
+        if self._events_after is None:
+            # where the stream ends now (what workers said while the front was away is in the
+            # reconcile's XPENDING), as a real id: a read retried after a lost connection goes on
+            # from the last event seen, where "$" would skip what was said in between
+            newest = await self.redis.xrevrange(self.keys.events, "+", "-", count=1)
+            self._events_after = text(newest[0][0]) if newest else "0-0"
         while not self._stopping:
-            reply = await self.redis.xread({self.keys.events: last}, count=100, block=BLOCK_MS)
+            reply = await self.redis.xread({self.keys.events: self._events_after}, count=100, block=BLOCK_MS)
             self._answered()
             for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or []):
                 for entry_id, fields in entries:
-                    last = text(entry_id)
+                    last = self._events_after = text(entry_id)
                     try:
                         self._on_worker_event({text(a): text(b) for a, b in (fields or {}).items()})
                     except Exception:
