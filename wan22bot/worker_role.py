@@ -196,7 +196,7 @@ class WorkerRole:
 
             self._preflight()  # a second worker on this state folder stops here (exit 11)
             stack.callback(self.lock.release)
-            self._clear_results()
+            await asyncio.to_thread(self._clear_results)
 
             from .queue.outcome import BadResult
             from .queue.remote import RemoteQueue

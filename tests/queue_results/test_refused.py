@@ -76,7 +76,7 @@ async def test_a_refused_outcome_that_is_not_done_is_dropped_after_one_try(redis
     await rq.start()
     try:
         k = keys(cfg)
-        await rq.redis.xadd(k.stream, {"job": "0123456789ab", "spec": spec("x.jpg").model_dump_json(),
+        await rq.redis.xadd(k.stream, {"job": "0123456789ab", "spec": spec("x.jpg").model_copy(update={"name": "x"}).model_dump_json(),
                                        "photo": b"\xff\xd8\xff\xe0x", "ext": ".jpg", "attempt": "0",
                                        "max_attempts": "3", "sent": "1"})
         job = await asyncio.wait_for(rq.next_job(), BOUND)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,11 @@ if #p > 0 then
 end
 return {owner, redis.call('EXISTS', KEYS[2])}
 """
+
+# what the front's JobQueue hands out, checked again here: the id and extension name a file in the
+# spool folder, and the spec's name the render's files, so an entry must not point them elsewhere
+JOB_ID = re.compile(r"[0-9a-f]{12}")
+PHOTO_EXT = re.compile(r"\.[a-z0-9]{1,8}")
 
 PROGRESS_INTERVAL = 0.25  # at most this often per job: a sampler step is never held up by Redis
 REQUEUE_WAIT = 10.0  # a checkpoint at shutdown waits this long for the front, then leaves the entry
@@ -121,6 +127,9 @@ class RemoteQueue:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        # photos of entries held when this worker last stopped (a crash skips their removal) are
+        # nobody's now: an entry resumed here writes its photo again
+        await asyncio.to_thread(_clear_files, self.spool_dir)
         self.redis = await connect(self.cfg)
         await ensure_group(self.redis, self.keys)
         self._beat_script = self.redis.register_script(HEARTBEAT_LUA)
@@ -220,12 +229,20 @@ class RemoteQueue:
             await self._ack(entry)
             return None
         job_id = text(fields.get(b"job"))
+        if not JOB_ID.fullmatch(job_id):
+            log.error("worker %s: entry %s carries %r where a job id belongs; dropped", self.name, entry, job_id[:40])
+            await self._ack(entry)
+            return None
         try:
             spec = JobSpec.model_validate_json(fields[b"spec"])
             first = int(text(fields.get(b"attempt")) or 1)
             max_attempts = int(text(fields.get(b"max_attempts")) or self.cfg.queue.max_attempts)
             ext = text(fields.get(b"ext")) or ".img"
             sent = float(text(fields.get(b"sent")) or time.time())
+            if not PHOTO_EXT.fullmatch(ext):
+                raise ValueError(f"the photo extension {ext[:20]!r} is not one the front writes")
+            if not spec.name or spec.name.startswith(".") or Path(spec.name).name != spec.name or "\\" in spec.name:
+                raise ValueError(f"the output name {spec.name[:60]!r} is not a plain file name")
         except (KeyError, ValueError) as exc:
             log.error("worker %s: entry %s (job %s) is unreadable (%s); dropped", self.name, entry, job_id or "?",
                       exc)
@@ -391,16 +408,19 @@ class RemoteQueue:
             log.warning("job %s: finished, but this worker holds no entry for it; nothing sent", job.id)
             return job
         await self._check(claim)  # one fresh look: a job lost to a takeover is not delivered
-        if claim.lost:
-            self._drop(claim)
-            return job
         video = Path(result.output) if result is not None and state == JobState.done else None
         sidecar = Path(result.sidecar) if result is not None and state == JobState.done else None
-        outcome = ResultOutcome(job=job.id, state=state.value, error=error, result=result, worker=self.name,
-                                attempt=claim.attempt)
-        if await self._deliver(claim, outcome, video, sidecar):
-            await self._ack_claim(claim)
-        self._drop(claim)
+        if not claim.lost:
+            outcome = ResultOutcome(job=job.id, state=state.value, error=error, result=result, worker=self.name,
+                                    attempt=claim.attempt)
+            if await self._deliver(claim, outcome, video, sidecar):
+                await self._ack_claim(claim)
+        lost = claim.lost
+        await self._drop(claim)
+        if lost:
+            # the other worker's result is the one that counts: this render is nobody's
+            await asyncio.to_thread(_remove_files, video, sidecar)
+            return job
         job.state = state
         return job
 
@@ -428,7 +448,7 @@ class RemoteQueue:
             log.warning("job %s: %s within %.0f s; its entry stays pending and is resumed by this worker's next "
                         "start, or taken over by another worker after %g s", job.id, step, self.requeue_wait,
                         self.claim_timeout)
-        self._drop(claim)  # a pending entry still carries the photo: whoever resumes it writes it again
+        await self._drop(claim)  # a pending entry still carries the photo: whoever resumes it writes it again
 
     async def _deliver(self, claim: _Claim, outcome: ResultOutcome, video: Path | None,
                        sidecar: Path | None) -> bool:
@@ -473,7 +493,7 @@ class RemoteQueue:
             if await self._deliver(claim, outcome, None, None):
                 await self._ack(entry)
         finally:
-            self._drop(claim)
+            await self._drop(claim)
 
     async def _ack_claim(self, claim: _Claim) -> None:
         await self._ack(claim.entry, claim)
@@ -499,7 +519,7 @@ class RemoteQueue:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
 
-    def _drop(self, claim: _Claim) -> None:
+    async def _drop(self, claim: _Claim) -> None:
         if self._claims.get(claim.job_id) is claim:
             del self._claims[claim.job_id]
         if claim.beat is not None and claim.beat is not asyncio.current_task():
@@ -507,10 +527,7 @@ class RemoteQueue:
         self._cancel.pop(claim.job_id, None)
         self._progress.pop(claim.job_id, None)
         if claim.own_photo:
-            try:
-                claim.photo.unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("job %s: could not remove %s: %s", claim.job_id, claim.photo, exc)
+            await asyncio.to_thread(_remove_files, claim.photo)  # off the loop, as every file operation here
 
     async def _retry_quietly(self, coro) -> None:
         try:
@@ -519,6 +536,21 @@ class RemoteQueue:
             if not is_transient(exc):
                 raise
             await asyncio.sleep(0.5)
+
+
+def _remove_files(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            try:
+                Path(p).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", p, exc)
+
+
+def _clear_files(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file() or p.is_symlink():
+            _remove_files(p)
 
 
 class _NoPhoto(Exception):
