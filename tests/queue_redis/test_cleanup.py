@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,23 @@ async def test_an_entry_naming_files_outside_the_workers_folders_is_dropped(redi
     assert await pending(b) == []
     assert not escape.exists() and not (b.root / "escape").exists()
     assert sorted(p.name for p in (b.root / "w1" / "spool").iterdir()) == []
+
+
+async def test_the_spool_photo_is_removed_off_the_event_loop(redis_backend, monkeypatch):
+    b = redis_backend
+    spool = (b.root / "w1" / "spool").absolute()
+    removed_on_loop: list[bool] = []
+    real_unlink = Path.unlink
+
+    def watched_unlink(self, *args, **kw):
+        if self.parent == spool:
+            removed_on_loop.append(threading.current_thread() is threading.main_thread())
+        return real_unlink(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "unlink", watched_unlink)
+    await b.submit()
+    job = await b.claim()
+    assert Path(job.spec.input_path).parent == spool
+    await finish_done(b, job)
+    assert removed_on_loop == [False]
+    assert list(spool.iterdir()) == []
