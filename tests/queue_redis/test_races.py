@@ -100,3 +100,17 @@ async def test_a_render_the_front_refuses_from_its_own_worker_fails_the_job(redi
     assert failed.state == JobState.failed and "not an MP4" in failed.error, failed.error
     assert await pending(b) == []
     assert list(b.output.iterdir()) == []
+
+
+async def test_a_failure_with_a_very_long_reason_still_reaches_the_front(redis_backend):
+    """A library's message can be huge (a tensor printed in it); the outcome's error is capped, so
+    the outcome must not fail on it and leave the entry held for ever."""
+    b = redis_backend
+    await b.submit()
+    job = await b.claim()
+    reason = "RuntimeError: " + "0.1234, " * 5000
+    await asyncio.wait_for(b.work.finish(job, JobState.failed, error=reason), 5)
+    failed = await b.wait_state(job.id, "failed")
+    assert failed.error.startswith("RuntimeError: 0.1234, ") and failed.error.endswith("characters cut)")
+    assert len(failed.error) <= 20000
+    assert await pending(b) == []

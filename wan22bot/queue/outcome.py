@@ -34,6 +34,7 @@ from .models import Job
 
 log = logging.getLogger(__name__)
 
+ERROR_MAX = 20000  # characters of an outcome's error: a reason, not a log
 SIDECAR_MAX_BYTES = 4 * 2**20  # a real sidecar is a few kilobytes of settings and timings
 COPY_CHUNK = 1024 * 1024
 
@@ -45,7 +46,7 @@ class ResultOutcome(BaseModel):
 
     job: str = Field(min_length=1, max_length=64)
     state: Literal["done", "failed", "cancelled", "requeue"]
-    error: str | None = Field(None, max_length=20000)
+    error: str | None = Field(None, max_length=ERROR_MAX)
     result: JobResult | None = None  # for "done": timings/frames/fps/... (output/sidecar = worker paths)
     worker: str = Field(min_length=1, max_length=200)
     attempt: int = Field(0, ge=0)

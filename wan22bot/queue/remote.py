@@ -37,7 +37,7 @@ from ..errors import DiskFull
 from ..fsutil import atomic_write
 from ..jobs import JobResult, JobSpec, JobState
 from .models import Job
-from .outcome import ResultOutcome, UnknownJob
+from .outcome import ERROR_MAX, ResultOutcome, UnknownJob
 from .redis_conn import (BLOCK_MS, EVENTS_MAXLEN, Outage, connect, ensure_group, is_nogroup, is_transient, keys,
                          text, worker_name)
 
@@ -411,8 +411,8 @@ class RemoteQueue:
         video = Path(result.output) if result is not None and state == JobState.done else None
         sidecar = Path(result.sidecar) if result is not None and state == JobState.done else None
         if not claim.lost:
-            outcome = ResultOutcome(job=job.id, state=state.value, error=error, result=result, worker=self.name,
-                                    attempt=claim.attempt)
+            outcome = ResultOutcome(job=job.id, state=state.value, error=_bounded(error), result=result,
+                                    worker=self.name, attempt=claim.attempt)
             if await self._deliver(claim, outcome, video, sidecar):
                 await self._ack_claim(claim)
         lost = claim.lost
@@ -471,9 +471,8 @@ class RemoteQueue:
                     return True
                 # the render cannot be stored as it is: the job fails with the reason, not silently
                 log.error("job %s: the front refused the result: %s; reporting the job failed", outcome.job, exc)
-                # bounded: the front takes an error of at most 20000 characters
                 outcome = outcome.model_copy(update={"state": "failed", "result": None,
-                                                     "error": f"the result could not be stored: {str(exc)[:4000]}"})
+                                                     "error": _bounded(f"the result could not be stored: {exc}")})
                 video = sidecar = None
                 continue
             except asyncio.CancelledError:
@@ -536,6 +535,14 @@ class RemoteQueue:
             if not is_transient(exc):
                 raise
             await asyncio.sleep(0.5)
+
+
+def _bounded(error: str | None) -> str | None:
+    """An error message as long as an outcome may carry: a longer one (a library's message with a
+    tensor in it) would fail the outcome itself, and the job would never be reported."""
+    if error is None or len(error) <= ERROR_MAX:
+        return error
+    return error[:ERROR_MAX - 40] + f" ... ({len(error) - ERROR_MAX + 40} characters cut)"
 
 
 def _remove_files(*paths: Path | None) -> None:
