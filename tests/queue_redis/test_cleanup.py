@@ -89,3 +89,25 @@ async def test_the_spool_photo_is_removed_off_the_event_loop(redis_backend, monk
     await finish_done(b, job)
     assert removed_on_loop == [False]
     assert list(spool.iterdir()) == []
+
+
+async def test_a_shared_folder_copy_is_removed_when_its_job_settles_after_a_front_restart(tmp_path, redis_server):
+    from .conftest import Backend, photo_bytes, redis_config
+
+    shared = tmp_path / "shared"
+    b = Backend("redis", tmp_path, redis_server)
+    b.cfg = redis_config(tmp_path, redis_server.url, photo_max_mb=0.001, shared_folder=str(shared))
+    await b.open()
+    try:
+        await b.submit(photo_bytes("big", size=4000))
+        job = await b.claim()
+        copy = Path(job.spec.input_path)
+        assert copy.parent == shared and copy.is_file()
+        await b.dispatcher.stop()
+        await b.front.close()
+        await b._open_front()  # the front restarts while w1 renders
+        await finish_done(b, job)
+        await b.wait_state(job.id, "done")
+        await until(lambda: not copy.exists(), 3, "the shared copy to go")
+    finally:
+        await b.close()

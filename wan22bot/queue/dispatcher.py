@@ -276,9 +276,11 @@ class Dispatcher:
                 continue
             worker = owners.get(entry)
             prev = self._out.get(job.id)
-            o = _Out(job, entry, worker, time.time() if worker else 0.0)
+            # the shared copy's name follows from the job: known again after a front restart, so it
+            # is still removed once the job settles
+            o = _Out(job, entry, worker, time.time() if worker else 0.0, shared_copy=self._shared_path(job))
             if prev is not None:
-                o.cancel_sent, o.shared_copy, o.claimed_at = prev.cancel_sent, prev.shared_copy, prev.claimed_at
+                o.cancel_sent, o.claimed_at = prev.cancel_sent, prev.claimed_at
             self._out[job.id] = o
             if worker is None and _sid(entry) <= _sid(last):
                 o.worker = "?"  # delivered, then acknowledged by nobody yet: some worker has it
@@ -384,7 +386,7 @@ class Dispatcher:
         if size <= q.photo_max_mb * 2**20:
             fields["photo"] = await asyncio.to_thread(photo.read_bytes)
         elif q.shared_folder is not None:
-            shared = Path(q.shared_folder) / f"{job.id}{ext}"
+            shared = self._shared_path(job)
             try:
                 await asyncio.to_thread(_copy_durably, photo, shared)
             except OSError as exc:
@@ -410,6 +412,11 @@ class Dispatcher:
         log.info("job %s: sent to the workers (entry %s, %s)", job.id, entry,
                  "photo in the entry" if shared is None else f"photo in {shared}")
         self.queue.progress(job, "waiting for a worker")
+
+    def _shared_path(self, job: Job) -> Path | None:
+        """Where the job's photo goes in [queue] shared_folder (None: no shared folder)."""
+        folder = self.cfg.queue.shared_folder
+        return None if folder is None else Path(folder) / f"{job.id}{Path(job.spec.input_path).suffix or '.img'}"
 
     async def _add(self, job: Job, fields: dict[str, Any]) -> str:
         """XADD the entry; a Redis outage is waited out (the job stays claimed meanwhile)."""
