@@ -114,3 +114,39 @@ async def test_a_failure_with_a_very_long_reason_still_reaches_the_front(redis_b
     assert failed.error.startswith("RuntimeError: 0.1234, ") and failed.error.endswith("characters cut)")
     assert len(failed.error) <= 20000
     assert await pending(b) == []
+
+
+async def test_a_job_settled_just_as_it_is_claimed_again_leaves_nothing_out(redis_backend, monkeypatch):
+    """Redis lost the entry of a running job, so the front queued it again; the worker still
+    running it reports in just as the dispatcher claims it again. Nothing may stay out for it:
+    no entry for a settled job, and the dispatcher not holding it as running for ever."""
+    from wan22bot.queue.dispatcher import Dispatcher
+    from wan22bot.queue.outcome import ResultOutcome
+
+    b = redis_backend
+    real_claim = Dispatcher._claim
+    settled: list[str] = []
+
+    async def claim_then_settle(self):
+        job = await real_claim(self)
+        if not settled:
+            settled.append(job.id)
+            await accept_result(self.queue, ResultOutcome(job=job.id, state="failed", error="out of memory",
+                                                          worker="the-first-run"), None, None)
+        return job
+
+    monkeypatch.setattr(Dispatcher, "_claim", claim_then_settle)
+    await b.dispatcher.stop()
+    b.dispatcher = Dispatcher(b.cfg, b.front)
+    b.dispatcher.start()
+    await asyncio.wait_for(b.dispatcher.ready.wait(), 10)
+
+    job = await b.submit()
+    failed = await b.wait_state(job.id, "failed")
+    assert failed.error == "out of memory"
+    deadline = time.monotonic() + 3
+    while (b.dispatcher.running or await b.dispatcher.redis.xlen(keys(b.cfg).stream)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert b.dispatcher.running == []
+    assert await b.dispatcher.redis.xlen(keys(b.cfg).stream) == 0
+    assert b.dispatcher.health().state == "idle"

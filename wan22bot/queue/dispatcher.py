@@ -409,6 +409,16 @@ class Dispatcher:
             await self._unclaim(job)
             raise
         o.entry = entry
+        fresh = await self.queue.get(job.id)
+        if fresh is None or fresh.state.final:
+            # settled while being sent: a result from a run thought lost (its entry lost with a
+            # Redis restart) came in just as the job was claimed again. Its final event may have
+            # found no entry to withdraw yet; this one goes now (or its taker is stopped)
+            log.info("job %s: settled (%s) while being sent; its entry %s is withdrawn", job.id,
+                     fresh.state.value if fresh else "pruned", entry)
+            self._out.pop(job.id, None)
+            await self._tidy(o, final=True)
+            return
         log.info("job %s: sent to the workers (entry %s, %s)", job.id, entry,
                  "photo in the entry" if shared is None else f"photo in {shared}")
         self.queue.progress(job, "waiting for a worker")
