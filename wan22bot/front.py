@@ -131,6 +131,9 @@ class FrontWorkers:
     async def _start_local(self) -> None:
         from .worker_role import Beacon, worker_name
 
+        # renders a crash left here belong to entries that are rendered again (resumed, or taken
+        # over): nobody's now, as `wan22bot worker` clears its own results folder at start
+        await asyncio.to_thread(_clear_files, Path(self.local.cfg.paths.output))
         await self.remote.start()  # connects (retrying while Redis is away)
         name = worker_name(self.cfg, self.remote)
         self.beacon = Beacon(self.cfg, name, self.local, front="(this box)")
@@ -170,3 +173,9 @@ class FrontWorkers:
             job = await self.queue.get(outcome.job)
             if job is not None and not job.state.final:
                 await self.queue.finish(job, JobState.failed, error=str(exc))
+
+
+def _clear_files(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            p.unlink(missing_ok=True)

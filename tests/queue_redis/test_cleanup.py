@@ -111,3 +111,24 @@ async def test_a_shared_folder_copy_is_removed_when_its_job_settles_after_a_fron
         await until(lambda: not copy.exists(), 3, "the shared copy to go")
     finally:
         await b.close()
+
+
+async def test_the_front_workers_results_left_by_a_crash_are_removed_at_start(redis_backend):
+    """[worker] enabled on a Redis front: its renders go to <state>/local-worker/results first."""
+    from wan22bot.front import FrontWorkers
+
+    b = redis_backend
+    cfg = b.cfg.model_copy(deep=True)
+    cfg.worker.enabled = True
+    cfg.worker.name = "front-box"
+    results = Path(cfg.paths.state).absolute() / "local-worker" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    stale = results / "beach.mp4"
+    stale.write_bytes(b"\x00\x00\x00\x18ftyp a render whose entry went to another worker")
+    front_workers = FrontWorkers(cfg, b.front)
+    try:
+        front_workers.start()
+        await until(lambda: front_workers.beacon is not None, 10, "the front's worker to start")
+        assert not stale.exists()
+    finally:
+        await front_workers.stop()
