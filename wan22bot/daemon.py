@@ -25,6 +25,7 @@ from pathlib import Path
 from .config import Config, load_config
 from .credentials import adopt_http_token_credential
 from .errors import ConfigError
+from .lifecycle import until_stopped
 from .notify import Notifier
 from .queue import JobQueue
 from .statedir import StateLock, check_writable
@@ -149,7 +150,7 @@ class Daemon:
 
             if cfg.model.load == "start":
                 self.notifier.status("loading models")
-                if not await self._until_stopped(self.worker.load()):
+                if not await until_stopped(self.worker.load(), self._stop):
                     log.info("stopped during the model load; the load is abandoned")
                     self.abandon_gpu = True
                     return 0
@@ -176,20 +177,6 @@ class Daemon:
             await self._stop.wait()
         log.info("stopped")
         return 0
-
-    async def _until_stopped(self, coro) -> bool:
-        """Await `coro` unless a stop is requested first; True when it finished."""
-        task = asyncio.ensure_future(coro)
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()  # a failed load is raised here
-            return True
-        task.cancel()  # only the await: the GPU thread finishes (or not) on its own
-        return False
 
     async def _stop_worker(self) -> None:
         if self.worker is None:

@@ -47,3 +47,16 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, disk_full: 
         if exc.errno in NO_SPACE:
             raise DiskFull(disk_full or f"no space left to write {path.name} in {path.parent}") from None
         raise
+
+
+def remove_files(*paths: str | os.PathLike[str] | None) -> None:
+    """Remove each file that exists (None entries skipped); a failure is logged, never raised, since
+    callers use it to tidy up after the real work is settled."""
+    import logging
+
+    for p in paths:
+        if p is not None:
+            try:
+                Path(p).unlink(missing_ok=True)
+            except OSError as exc:
+                logging.getLogger(__name__).warning("could not remove %s: %s", p, exc)

@@ -28,6 +28,8 @@ from typing import Any
 from .config import Config
 from .credentials import adopt_http_token_credential
 from .errors import ConfigError
+from .fsutil import remove_files
+from .lifecycle import until_stopped
 from .notify import Notifier
 from .queue.redis_conn import shown_url
 from .statedir import StateLock, check_writable
@@ -211,10 +213,10 @@ class WorkerRole:
                     accepted = await uploader.deliver(outcome, video, sidecar)
                 except BadResult:
                     # refused for good: the job is reported failed without them, so they are nobody's
-                    await asyncio.to_thread(_remove, video, sidecar)
+                    await asyncio.to_thread(remove_files, video, sidecar)
                     raise
                 # the front has the files now: this box's copies are nobody's
-                await asyncio.to_thread(_remove, video, sidecar)
+                await asyncio.to_thread(remove_files, video, sidecar)
                 return accepted
 
             self.remote = RemoteQueue(cfg, deliver, spool_dir=Path(cfg.paths.state) / "spool")
@@ -236,7 +238,7 @@ class WorkerRole:
             stack.push_async_callback(self._stop_worker)
 
             self.notifier.status("connecting to Redis")
-            if not await self._until_stopped(self.remote.start()):
+            if not await until_stopped(self.remote.start(), self._stop, settle_seconds=5):
                 return 0
 
             self.beacon = Beacon(cfg, self.name, self.worker, front=self.front)
@@ -245,7 +247,7 @@ class WorkerRole:
 
             if cfg.model.load == "start":
                 self.notifier.status("loading models")
-                if not await self._until_stopped(self.worker.load()):
+                if not await until_stopped(self.worker.load(), self._stop, settle_seconds=5):
                     log.info("stopped during the model load; the load is abandoned")
                     self.abandon_gpu = True
                     return 0
@@ -270,21 +272,6 @@ class WorkerRole:
         for p in (Path(self.cfg.paths.state) / "results").iterdir():
             if p.is_file():
                 p.unlink(missing_ok=True)
-
-    async def _until_stopped(self, coro) -> bool:
-        task = asyncio.ensure_future(coro)
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()
-            return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 5)
-        return False
 
     async def _stop_worker(self) -> None:
         if self.worker is None:
@@ -344,15 +331,6 @@ class WorkerRole:
                 await self.worker.unload_if_idle(minutes)
             except Exception:
                 log.exception("idle unload failed")
-
-
-def _remove(*paths: Path | None) -> None:
-    for p in paths:
-        if p is not None:
-            try:
-                Path(p).unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("could not remove %s: %s", p, exc)
 
 
 def worker_name(cfg: Config, remote: Any = None) -> str:

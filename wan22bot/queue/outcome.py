@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import DiskFull, Wan22Error
-from ..fsutil import NO_SPACE, atomic_write, fsync_dir
+from ..fsutil import NO_SPACE, atomic_write, fsync_dir, remove_files
 from ..jobs import JobResult, JobState
 from .jobqueue import JobQueue
 from .models import Job
@@ -90,7 +90,7 @@ async def accept_result(queue: JobQueue, outcome: ResultOutcome, video: Path | N
             _locks[outcome.job] = (lock, users - 1)
         else:
             del _locks[outcome.job]
-        await asyncio.to_thread(_remove, video, sidecar)  # no-op for files already moved into place
+        await asyncio.to_thread(remove_files, video, sidecar)  # no-op for files already moved into place
 
 
 async def _settle(queue: JobQueue, outcome: ResultOutcome, video: Path | None, sidecar: Path | None) -> Accepted:
@@ -224,12 +224,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _remove(*paths: Path | None) -> None:
-    for p in paths:
-        if p is not None:
-            try:
-                Path(p).unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("could not remove the temporary file %s: %s", p, exc)

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import DiskFull
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, remove_files
 from ..jobs import JobResult, JobSpec, JobState
 from .models import Job
 from .outcome import ERROR_MAX, ResultOutcome, UnknownJob
@@ -419,7 +419,7 @@ class RemoteQueue:
         await self._drop(claim)
         if lost:
             # the other worker's result is the one that counts: this render is nobody's
-            await asyncio.to_thread(_remove_files, video, sidecar)
+            await asyncio.to_thread(remove_files, video, sidecar)
             return job
         job.state = state
         return job
@@ -526,7 +526,7 @@ class RemoteQueue:
         self._cancel.pop(claim.job_id, None)
         self._progress.pop(claim.job_id, None)
         if claim.own_photo:
-            await asyncio.to_thread(_remove_files, claim.photo)  # off the loop, as every file operation here
+            await asyncio.to_thread(remove_files, claim.photo)  # off the loop, as every file operation here
 
     async def _retry_quietly(self, coro) -> None:
         try:
@@ -545,19 +545,10 @@ def _bounded(error: str | None) -> str | None:
     return error[:ERROR_MAX - 40] + f" ... ({len(error) - ERROR_MAX + 40} characters cut)"
 
 
-def _remove_files(*paths: Path | None) -> None:
-    for p in paths:
-        if p is not None:
-            try:
-                Path(p).unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("could not remove %s: %s", p, exc)
-
-
 def _clear_files(folder: Path) -> None:
     for p in folder.iterdir():
         if p.is_file() or p.is_symlink():
-            _remove_files(p)
+            remove_files(p)
 
 
 class _NoPhoto(Exception):
