@@ -209,6 +209,13 @@ class Dispatcher:
                          ("cancels", self._cancel_loop), ("workers", self._workers_loop)):
             self._loops.append(asyncio.create_task(self._forever(name, fn), name=f"dispatcher-{name}"))
 
+    def _check_stop(self) -> None:
+        """Each pass of a loop that never ends by itself: once stop() has been called, it ends here
+        even if the cancellation got lost inside an await (stop() hung for good when one did,
+        with the dispatch loop still polling the stream)."""
+        if self._stopping:
+            raise asyncio.CancelledError()
+
     async def _forever(self, name: str, fn, *, once: bool = False) -> None:
         """Run `fn` (again after a Redis outage, with a growing pause); a bug is logged, not fatal."""
         pause = 0.5
@@ -328,6 +335,7 @@ class Dispatcher:
         """Wait while an entry waits for a worker: the next job is only decided on when it can go."""
         polls = 0
         while True:
+            self._check_stop()
             waiting = [o for o in self._out.values() if o.worker is None and o.entry]
             if not waiting:
                 return
@@ -347,12 +355,14 @@ class Dispatcher:
                 return
             self._moved.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), WAIT_POLL)
+                async with asyncio.timeout(WAIT_POLL):
+                    await self._moved.wait()
 
     async def _claim(self) -> Job:
         """The next job in fairness order, marked running under OWNER; waits for one."""
         journal = self.queue.journal
         while True:
+            self._check_stop()  # never claim a job once stopping: it would be out with nobody to send it
             self._wakeup.clear()
             fut = asyncio.ensure_future(self.queue.run_db(journal.claim_next, OWNER))
             try:
@@ -368,7 +378,8 @@ class Dispatcher:
                 return job
             with contextlib.suppress(TimeoutError):
                 # the wakeup comes with every submit; the timeout covers a journal written by others
-                await asyncio.wait_for(self._wakeup.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._wakeup.wait()
 
     async def _send(self, job: Job) -> None:
         """The job's entry, with its photo inline or in the shared folder; or the job fails saying why."""
@@ -432,6 +443,7 @@ class Dispatcher:
         """XADD the entry; a Redis outage is waited out (the job stays claimed meanwhile)."""
         pause = 0.5
         while True:
+            self._check_stop()
             fields["sent"] = f"{time.time():.3f}"
             try:
                 async with self.redis.pipeline(transaction=True) as p:
