@@ -185,3 +185,36 @@ async def test_stop_ends_the_dispatcher_even_if_its_cancellation_is_lost_inside_
     assert swallowed == [True]
     assert done, "stop() did not end: the dispatch loop outlived it"
     b.dispatcher = None  # stopped here; the fixture has nothing left to stop
+
+
+async def test_a_workers_read_loop_ends_even_if_its_cancellation_is_lost_inside_an_await(redis_backend,
+                                                                                        monkeypatch):
+    """The worker's side of the same: an idle worker's stop cancels its next_job(); a read that
+    loses the cancellation must not keep it reading for a worker that has stopped."""
+    from wan22bot.queue.remote import RemoteQueue
+
+    b = redis_backend
+    real = RemoteQueue._take
+    inside = asyncio.Event()
+    swallowed: list[bool] = []
+
+    async def deaf_once(self):
+        inside.set()
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)
+            return None  # as a read that lost the cancellation and found nothing
+        finally:
+            inside.clear()
+        return await real(self)
+
+    monkeypatch.setattr(RemoteQueue, "_take", deaf_once)
+    reading = asyncio.create_task(b.work.next_job())
+    await asyncio.wait_for(inside.wait(), 5)
+    reading.cancel()
+    done, _ = await asyncio.wait({reading}, timeout=3)
+    assert swallowed == [True]
+    assert done and reading.cancelled(), "next_job() went on reading after its cancellation"

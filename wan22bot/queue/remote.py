@@ -158,6 +158,10 @@ class RemoteQueue:
         assert self.redis is not None, "start() first"
         pause = 0.5
         while True:
+            if asyncio.current_task().cancelling():
+                # a stop's cancellation that an await below lost (the front's dispatcher hung its
+                # stop that way): this loop must not go on reading entries for a stopped worker
+                raise asyncio.CancelledError()
             try:
                 taken = await self._take()
                 self._reads.answered()
