@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.ports import free_port
 
 REQUIRE_ENV = "WAN22BOT_REQUIRE_REDIS"
 
@@ -41,12 +42,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     def __init__(self, tmp_path: Path, appendonly: bool = True, *, password: str | None = None):
         self.binary = redis_server_binary()
@@ -54,7 +49,7 @@ class RedisServer:
         self.dir.mkdir(parents=True)
         self.appendonly = appendonly
         self.password = password
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.start()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "examples" / "photo.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DaemonProc:

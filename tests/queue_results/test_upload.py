@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
@@ -18,14 +17,9 @@ from wan22bot.queue.upload import ResultUploader
 from wan22bot.sources.http import HttpSource
 
 from .conftest import TOKEN, make_mp4, make_sidecar, outcome
+from tests.ports import free_port
 
 BOUND = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
