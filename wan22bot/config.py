@@ -27,9 +27,10 @@ WAN_NEGATIVE_PROMPT = (
 )
 
 # "fp8" is cuDNN fp8 attention and "fa3-fp8" FlashAttention-3 fp8: both opt-in, outside the accuracy guard.
-# "sage-warp" is SageAttention 2 with per-warp Q/K quantisation on sm90: opt-in, not measured yet.
-AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "sage-warp", "fa3", "fa3-fp8",
-                           "fp8"]
+# "sage-warp" is SageAttention 2 with per-warp Q/K quantisation on sm90; "sage-fused" the same kernel fed
+# by our own quantisation inside the compiled blocks (engine/sage_prequant.py).
+AttentionBackend = Literal["auto", "sdpa", "cudnn", "flash", "efficient", "math", "sage", "sage-warp", "sage-fused",
+                           "fa3", "fa3-fp8", "fp8"]
 
 
 class _Section(BaseModel):

@@ -42,27 +42,31 @@ def test_auto_prefers_sage_then_fa3_then_sdpa():
         return 0.03
 
     pick = choose_auto(CUDA, checker=checker, reason=_fake_reasons(set()))
-    assert (pick.backend, pick.self_check_error, pick.skipped) == ("sage-warp", 0.03, ())
+    assert (pick.backend, pick.self_check_error, pick.skipped) == ("sage-fused", 0.03, ())
     assert len(checked) == 1  # the first good candidate stops the search
 
-    pick = choose_auto(CUDA, checker=lambda c, d: 0.03, reason=_fake_reasons({"sage-warp"}))
+    pick = choose_auto(CUDA, checker=checker, reason=_fake_reasons(set()), compiled=False)
+    assert (pick.backend, pick.skipped) == ("sage-warp", ())  # sage-fused needs the compiled blocks
+
+    pick = choose_auto(CUDA, checker=lambda c, d: 0.03, reason=_fake_reasons({"sage-fused", "sage-warp"}))
     assert (pick.backend, pick.skipped) == ("sage", ())  # not Hopper: plain sage, no extra line
 
-    pick = choose_auto(CUDA, checker=lambda c, d: 0.004, reason=_fake_reasons({"sage-warp", "sage"}))
+    pick = choose_auto(CUDA, checker=lambda c, d: 0.004, reason=_fake_reasons({"sage-fused", "sage-warp", "sage"}))
     assert pick.backend == "fa3"
     assert pick.skipped == ("sage: not installed here",)
 
-    pick = choose_auto(CUDA, checker=lambda c, d: 0.004, reason=_fake_reasons({"sage-warp", "sage", "fa3"}))
+    pick = choose_auto(CUDA, checker=lambda c, d: 0.004, reason=_fake_reasons({"sage-fused", "sage-warp", "sage", "fa3"}))
     assert pick.backend == "sdpa" and pick.self_check_error is None
     assert [s.split(":")[0] for s in pick.skipped] == ["sage", "fa3"]
 
 
 def test_auto_skips_a_kernel_that_fails_or_misses_its_self_check():
-    errors = iter([0.5, 0.5, 0.004])  # sage-warp and sage come back wrong, fa3 right
+    errors = iter([0.5, 0.5, 0.5, 0.004])  # sage-fused, sage-warp and sage come back wrong, fa3 right
     pick = choose_auto(CUDA, checker=lambda c, d: next(errors), reason=_fake_reasons(set()))
     assert pick.backend == "fa3"
-    assert "sage-warp: self-check error 0.5000" in pick.skipped[0]
-    assert "sage: self-check error 0.5000" in pick.skipped[1]
+    assert "sage-fused: self-check error 0.5000" in pick.skipped[0]
+    assert "sage-warp: self-check error 0.5000" in pick.skipped[1]
+    assert "sage: self-check error 0.5000" in pick.skipped[2]
 
     def raising(core, device):
         raise RuntimeError("no kernel image is available for execution on the device")

@@ -10,7 +10,9 @@ diffusers' backend names are a closed enum, its FA3 entry expects the `flash_att
 `auto` picks by a one-call self-check at load time, in this order: SageAttention 2.x (int8 QK,
 fp8 PV; the fastest kernel inside the accuracy guard on Hopper and RTX 50xx), FlashAttention-3 bf16
 (Hopper), then PyTorch SDPA (which picks cuDNN on Hopper). A candidate that is not installed, raises
-or misses the self-check's error bound is skipped with the reason logged.
+or misses the self-check's error bound is skipped with the reason logged. On Hopper, Sage 2 is tried
+first as `sage-fused` (its kernel fed by our own quantisation, which torch.compile fuses into the
+blocks; only when the blocks are compiled), then `sage-warp`, then `sage`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ DIFFUSERS_NAMES = {
 # cuDNN fp8 0.060. The model-level accuracy guard (0.05 through all 40 blocks) is checked by the
 # benchmark (`python -m wan22bot.bench.levers`), not here.
 SELF_CHECK_MAX_ERROR = 0.1
-AUTO_ORDER = ("sage-warp", "sage", "fa3")
+AUTO_ORDER = ("sage-fused", "sage-warp", "sage", "fa3")
+SAGE_VARIANTS = ("sage-fused", "sage-warp")  # sm90 choices of the sage kernel
 Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -104,13 +107,17 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         return None
     if name in ("cudnn", "flash", "efficient"):
         return None if cuda else "needs a CUDA device"
-    if name in ("sage", "sage-warp"):
+    if name in ("sage", "sage-warp", "sage-fused"):
         sv = sage_version()
         if sv is None:
             return "sageattention is not installed (build SageAttention 2 from its source: see README)"
-        if name == "sage-warp" and sage_major() < 2:
-            return f"sageattention {sv} is 1.x; per-warp quantisation needs the 2.x CUDA kernels"
-        return None if cuda else "needs a CUDA device"
+        if name != "sage" and sage_major() < 2:
+            return f"sageattention {sv} is 1.x; {name} needs the 2.x CUDA kernels"
+        if not cuda:
+            return "needs a CUDA device"
+        if name == "sage-fused" and _capability(device) != (9, 0):
+            return "it feeds SageAttention 2's Hopper (sm90) kernel; use sage on this GPU"
+        return None
     if name in ("fa3", "fa3-fp8"):
         if not fa3_installed():
             return "FlashAttention-3 is not installed (pip install 'wan22bot[hopper]')"
@@ -128,7 +135,8 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 def available_backends(device: torch.device) -> dict[str, str]:
     """Backend name -> why it is (or is not) usable here. Used by `wan22bot check`."""
     out = {}
-    for name in ("auto", "sdpa", "math", "cudnn", "flash", "efficient", "sage", "sage-warp", "fa3", "fa3-fp8", "fp8"):
+    for name in ("auto", "sdpa", "math", "cudnn", "flash", "efficient", "sage", "sage-warp", "sage-fused", "fa3",
+                 "fa3-fp8", "fp8"):
         why = unavailable_reason(name, device)
         if why is None and name == "sage":
             v = sage_version()
@@ -151,6 +159,12 @@ def core_for(name: str) -> Core:
         from .sage_attention import sage_warp_core
 
         return opaque_core("sage_warp_sdpa", sage_warp_core)
+    if name == "sage-fused":
+        # not opaque on purpose: its quantisation is torch code for the compiler to fuse; the
+        # kernel call inside is a custom op of its own
+        from .sage_prequant import sage_fused_core
+
+        return sage_fused_core
     if name == "fa3":
         from .fa3_attention import fa3_core
 
@@ -214,16 +228,20 @@ def auto_candidate_reason(name: str, device: torch.device) -> str | None:
     return why
 
 
-def choose_auto(device: torch.device, checker=self_check, reason=auto_candidate_reason) -> AttentionChoice:
-    """Sage 2.x (its per-warp sm90 kernel on Hopper first), then FA3 bf16, then SDPA: the first
-    candidate installed here that passes a self-check."""
+def choose_auto(device: torch.device, checker=self_check, reason=auto_candidate_reason,
+                compiled: bool = True) -> AttentionChoice:
+    """Sage 2.x (on Hopper first fed by our fused quantisation when compiled, then its per-warp
+    sm90 kernel), then FA3 bf16, then SDPA: the first candidate installed here that passes a
+    self-check."""
     if device.type != "cuda":
         return AttentionChoice("auto", "sdpa")
     skipped = []
     for name in AUTO_ORDER:
+        if name == "sage-fused" and not compiled:
+            continue  # its quantisation is torch code that pays off only inside compiled blocks
         why = reason(name, device)
         if why is not None:
-            if name != "sage-warp":  # a variant of sage: sage's own line says why both are out
+            if name not in SAGE_VARIANTS:  # a variant of sage: sage's own line says why all are out
                 skipped.append(f"{name}: {why}")
             continue
         try:
@@ -239,14 +257,16 @@ def choose_auto(device: torch.device, checker=self_check, reason=auto_candidate_
 
 
 def apply_attention_backend(model: torch.nn.Module, name: str, device: torch.device,
-                            choice: AttentionChoice | None = None) -> AttentionChoice:
+                            choice: AttentionChoice | None = None, compiled: bool = True) -> AttentionChoice:
     """Set `name` on one expert; returns what is used. Raises ModelError if unusable.
 
     Pass `choice` to reuse an `auto` decision already made for the other expert (one self-check
-    per process is enough: both experts run the same kernels).
+    per process is enough: both experts run the same kernels). `compiled` says whether the blocks
+    will be compiled (`auto` then may pick `sage-fused`).
     """
     if name == "auto":
-        choice = choice if choice is not None and choice.requested == "auto" else choose_auto(device)
+        choice = (choice if choice is not None and choice.requested == "auto"
+                  else choose_auto(device, compiled=compiled))
         for line in choice.skipped:
             log.info("attention auto: skipped %s", line)
         if choice.backend != "sdpa":

@@ -221,9 +221,10 @@ class TwoPassGenerator:
         if levers:
             log.info("VAE levers: %s", ", ".join(levers))
         self.components = comps
-        high = apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device)
+        high = apply_attention_backend(comps.transformer, self.cfg.attention_high, self.device, compiled=self.compile)
         low = apply_attention_backend(comps.transformer_2, self.cfg.attention_low, self.device,
-                                      choice=high if self.cfg.attention_high == "auto" else None)
+                                      choice=high if self.cfg.attention_high == "auto" else None,
+                                      compiled=self.compile)
         self.attention = {"high": high, "low": low}
         log.info("attention: high-noise expert %s; low-noise expert %s", high.describe(), low.describe())
         self.pipe = WanImageToVideoPipeline(
