@@ -14,6 +14,8 @@
 #                                photo -> MP4 at 81 frames on benchmarks/default.toml (image encode shortcut on); ~5 min
 #   benchmarks/h200.sh levers25r3 stock and the default path at 25 frames; ~1 min
 #   benchmarks/h200.sh profile81 one 81-frame forward of the default path under torch.profiler; ~2 min
+#   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
+#                                stock / sage-warp / sage-fused (fp8 static, compiled) at 81 and 25 frames; ~6 min
 #
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
@@ -111,6 +113,14 @@ step_round3e2e() {
     random_rife
     python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline --interpolate \
         --frames 81 --repeat 1 --json "$OUT/e2e81-round3.json"
+}
+
+step_round4() {
+    python3 -m wan22bot.bench.sage_fused --tokens 27664 82992 --json "$OUT/sage-fused-check.json"
+    python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
+        --variants "stock,fp8static+sagewarp+compile,fp8static+sagefused+compile" \
+        --large-variants "stock,fp8static+sagewarp+compile,fp8static+sagefused+compile" \
+        --json "$OUT/levers-round4.json"
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"

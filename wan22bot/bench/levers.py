@@ -11,6 +11,8 @@ Variants (each kept only if it runs here):
   sage            SageAttention (2.x when installed) as the self-attention core
   sagewarp        SageAttention 2's sm90 kernel with Q/K quantised per warp (`attention = "sage-warp"`;
                   sageattn itself on other GPUs)
+  sagefused       the same kernel fed by our own quantisation inside the compiled blocks
+                  (`attention = "sage-fused"`, Hopper only)
   fa3, fa3fp8     FlashAttention-3 bf16 / fp8 (per-head scales) as the core (Hopper)
   fp8attn         cuDNN FP8 attention as the core (Hopper)
   auto            whatever `attention = "auto"` picks here (self-check at load)
@@ -38,7 +40,8 @@ import torch
 H, W = 1216, 832
 # variant part -> fp8 linear scaling / attention backend (engine/attention.py's names)
 FP8 = {"fp8lin": "rowwise", "fp8static": "static", "fp8delayed": "delayed"}
-CORES = {"sage": "sage", "sagewarp": "sage-warp", "fa3": "fa3", "fa3fp8": "fa3-fp8", "fp8attn": "fp8"}
+CORES = {"sage": "sage", "sagewarp": "sage-warp", "sagefused": "sage-fused", "fa3": "fa3", "fa3fp8": "fa3-fp8",
+         "fp8attn": "fp8"}
 
 
 def tokens(frames: int, h: int = H, w: int = W) -> int:
