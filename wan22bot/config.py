@@ -107,6 +107,10 @@ class ModelConfig(_Section):
     vae_channels_last: bool | Literal["auto"] = "auto"
     vae_cudnn_benchmark: bool = False
     vae_compile: bool = False
+    # The decoder's norms, SiLU, causal padding and upsampling fused into fewer memory passes
+    # (engine/vae_fast_decode.py: diffusers' math, rounded once per fused group). "auto": on when
+    # the VAE is on a CUDA device; a VAE it does not mirror keeps the stock decoder.
+    vae_fast_decode: bool | Literal["auto"] = "auto"
     # Load at daemon start, or lazily when the first job arrives.
     load: Literal["start", "first-job"] = "start"
     seed_weights: int = 0  # the tiny model's weight seed

@@ -3,6 +3,7 @@ against overlapped, plus the image encode before pass 1; random weights, timing 
 
     python -m wan22bot.bench.tail --device cuda --frames 81 [--width 832 --height 1216]
         [--no-rife] [--vae-dtype bf16|fp32] [--channels-last] [--cudnn-benchmark] [--compile-decoder]
+        [--fast-decode]
         [--psnr] [--encoder auto]
         [--threads 0] [--rife-weights weights/rife/flownet.pkl]
 
@@ -13,9 +14,10 @@ against overlapped, plus the image encode before pass 1; random weights, timing 
 - image encode: diffusers' own encode of the conditioning video, then engine/vae_encode.py's
   exact shortcut (`[model] fast_image_encode`) on the same input, checked equal with torch.equal.
 
-The VAE levers (`--channels-last`, `--cudnn-benchmark`, `--compile-decoder`) are applied as the
-render path applies them (engine/vae_levers.py): cuDNN autotuning only while the VAE runs; a
-compiled decoder is warmed up on the whole clip first (the compile time is reported on its own).
+The VAE levers (`--channels-last`, `--cudnn-benchmark`, `--compile-decoder`, `--fast-decode`) are
+applied as the render path applies them (engine/vae_levers.py): cuDNN autotuning only while the VAE
+runs; a compiled decoder, and the fast decode's compiled groups on CUDA, are warmed up on the whole
+clip first (that time is reported on its own, as compile_warmup_s / fast_decode_warmup_s).
 
 Random VAE weights decode noise, and x264 spends far longer on noise than on a real video, so the
 frames after the decoder are replaced by a panning texture of the same size (the decode itself is
@@ -45,6 +47,7 @@ from ..engine.timing import synchronize
 from ..engine.vae_decode import decode_video_chunks
 from ..engine.vae_encode import EncodeReport
 from ..engine.vae_encode import encode as fast_encode
+from ..engine.vae_fast_decode import install_fast_decode
 from ..engine.vae_levers import compile_decoder, cudnn_benchmark, to_channels_last
 from ..interpolate.bench import synthetic_clip
 from ..interpolate.ifnet import IFNet
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
     vae = build_vae(args.vae, dev, vae_dtype, args.channels_last, args.seed)
     if args.compile_decoder:
         compile_decoder(vae, backend=args.compile_backend)  # compiled by the warm-up below
+    fast_decode = install_fast_decode(vae) if args.fast_decode else None  # after the levers, as the render path
+    warm_whole = args.compile_decoder or (fast_decode is not None and fast_decode.compiled)
     tuned = functools.partial(cudnn_benchmark, args.cudnn_benchmark and dev.type == "cuda")
     t_lat = (args.frames - 1) // 4 + 1
     z = torch.randn((1, vae.config.z_dim, t_lat, args.height // 8, args.width // 8),
@@ -147,22 +152,29 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {"device": str(dev), "frames": args.frames, "width": args.width, "height": args.height,
                     "rife": bool(interp), "vae": args.vae, "vae_dtype": str(vae_dtype).removeprefix("torch."),
                     "channels_last": args.channels_last, "cudnn_benchmark": args.cudnn_benchmark,
-                    "compile_decoder": args.compile_decoder, "random_weights": True}
+                    "compile_decoder": args.compile_decoder, "fast_decode": args.fast_decode,
+                    "random_weights": True}
     if dev.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(dev)
 
     with torch.inference_mode():
-        # warm-up: kernels, cuDNN autotuning, the encoder's first open; a compiled decoder compiles
-        # each of its variants here (the first, second and later latent frames)
+        # warm-up: kernels, cuDNN autotuning, the encoder's first open; a compiled decoder (or the
+        # fast decode's compiled groups) compiles each of its variants here (the first, second and
+        # later latent frames)
         synchronize(dev)
         t0 = time.perf_counter()
         with tuned():
-            for _ in decode_video_chunks(vae, z if args.compile_decoder else z[:, :, :2]):
+            for _ in decode_video_chunks(vae, z if warm_whole else z[:, :, :2]):
                 pass
         synchronize(dev)
         if args.compile_decoder:
             result["compile_warmup_s"] = round(time.perf_counter() - t0, 4)
             print(f"compiled decoder warmed up in {result['compile_warmup_s']:.1f} s", file=sys.stderr, flush=True)
+        if fast_decode is not None:
+            result["fast_decode_warmup_s"] = round(time.perf_counter() - t0, 4)
+            result["fast_decode_report"] = fast_decode.as_dict()  # after the warm-up: with any compile fallback
+            print(f"fast decode ({'compiled' if fast_decode.compiled else 'eager'}) warmed up in "
+                  f"{result['fast_decode_warmup_s']:.1f} s: {fast_decode.describe()}", file=sys.stderr, flush=True)
         if interp:
             interp.double(content[:3])
         rgb_to_yuv420(content[:2])
@@ -280,6 +292,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune the VAE's 3-D convolutions")
     p.add_argument("--compile-decoder", action="store_true", help="torch.compile the VAE decoder")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="the fused decoder of engine/vae_fast_decode.py ([model] vae_fast_decode)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend for --compile-decoder (\"eager\": only traces, for smoke tests)")
     p.add_argument("--psnr", action="store_true", help="also decode in fp32 and report the PSNR against it")
@@ -303,11 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
     s, o = result["serial"], result["overlapped"]
-    levers = [k for k in ("channels_last", "cudnn_benchmark", "compile_decoder") if result[k]] or ["no lever"]
+    levers = [k for k in ("channels_last", "cudnn_benchmark", "compile_decoder", "fast_decode")
+              if result[k]] or ["no lever"]
     serial = "serial tail skipped" if s is None else (
         f"tail serial {s['tail']:.2f} s (decode {s['vae_decode']:.2f}, rife {s.get('interpolate', 0):.2f}, "
         f"encode {s['encode']:.2f})")
     compiled = f" (compile warm-up {result['compile_warmup_s']:.1f} s)" if "compile_warmup_s" in result else ""
+    if "fast_decode_warmup_s" in result:
+        compiled += f" (fast decode warm-up {result['fast_decode_warmup_s']:.1f} s)"
     print(f"VAE {result['vae_dtype']}, {'+'.join(levers)}{compiled}: image encode {result['image_encode']:.2f} s "
           f"(shortcut {result['image_encode_fast']:.2f} s, exact: {result['image_encode_fast_exact']}); "
           f"PSNR vs fp32 {result.get('psnr_vs_fp32', 'not measured')}; {serial}; "

@@ -190,6 +190,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
                      "compile": gen.compile, "fast_image_encode": cfg.model.fast_image_encode,
                      "vae_channels_last": cfg.model.vae_channels_last,
                      "vae_cudnn_benchmark": cfg.model.vae_cudnn_benchmark, "vae_compile": cfg.model.vae_compile,
+                     "vae_fast_decode": cfg.model.vae_fast_decode,
                      "width": g.width, "height": g.height},
         "model_load_s": load_s,
         "rows": rows,

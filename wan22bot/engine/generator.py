@@ -215,7 +215,11 @@ class TwoPassGenerator:
         channels_last = self.cfg.vae_channels_last
         if channels_last == "auto":
             channels_last = self.device.type == "cuda"
-        levers = apply_vae_levers(comps.vae, channels_last=channels_last, compile=self.cfg.vae_compile)
+        fast_decode = self.cfg.vae_fast_decode
+        if fast_decode == "auto":
+            fast_decode = self.device.type == "cuda"
+        levers = apply_vae_levers(comps.vae, channels_last=channels_last, compile=self.cfg.vae_compile,
+                                  fast_decode=fast_decode)
         if self.cfg.vae_cudnn_benchmark:
             levers.append("cuDNN autotuning")
         if levers:

@@ -1,6 +1,7 @@
 """Speed levers for the Wan VAE, each off by default until measured on a GPU
-(`[model] vae_channels_last`, `vae_cudnn_benchmark`, `vae_compile`; `python -m wan22bot.bench.tail`
-times each against the stock decode and reports its PSNR against an fp32 decode).
+(`[model] vae_channels_last`, `vae_cudnn_benchmark`, `vae_compile`, `vae_fast_decode`;
+`python -m wan22bot.bench.tail` times each against the stock decode and reports its PSNR against an
+fp32 decode).
 
 - channels-last: the 3-D convolutions' weights in NDHWC (`channels_last_3d`), the 2-D ones (the
   resamplers) in NHWC; cuDNN then picks its channels-last kernels and the activations follow.
@@ -61,8 +62,13 @@ def compile_decoder(vae: torch.nn.Module, backend: str = "inductor") -> None:
     vae.decoder.compile(backend=backend)
 
 
-def apply_vae_levers(vae: torch.nn.Module, channels_last: bool = False, compile: bool = False) -> list[str]:
-    """Apply the load-time levers to `vae`; returns the names of those applied (for the log)."""
+def apply_vae_levers(vae: torch.nn.Module, channels_last: bool = False, compile: bool = False,
+                     fast_decode: bool = False) -> list[str]:
+    """Apply the load-time levers to `vae`; returns the names of those applied (for the log).
+
+    The fast decode (engine/vae_fast_decode.py) goes last: it reads the weights' layout at each
+    call, and it declines a compiled decoder (its entry then says why it was not applied).
+    """
     done = []
     if channels_last:
         to_channels_last(vae)
@@ -70,4 +76,8 @@ def apply_vae_levers(vae: torch.nn.Module, channels_last: bool = False, compile:
     if compile:
         compile_decoder(vae)
         done.append("compiled decoder")
+    if fast_decode:
+        from .vae_fast_decode import install_fast_decode
+
+        done.append(install_fast_decode(vae).describe())
     return done
