@@ -15,7 +15,8 @@
 #   benchmarks/h200.sh levers25r3 stock and the default path at 25 frames; ~1 min
 #   benchmarks/h200.sh profile81 one 81-frame forward of the default path under torch.profiler; ~2 min
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
-#                                stock / sage-warp / sage-fused (fp8 static, compiled) at 81 and 25 frames; ~6 min
+#                                stock / sage-warp / sage-fused per thread / per warp / + fp8 fast accumulation
+#                                (fp8 static, compiled) at 81 and 25 frames; ~7 min
 #
 # Several steps can be given in one call. Wheels the image lacks (diffusers, pydantic, PyAV, ...)
 # are expected under .whl*/ (see the device notes in docs/PERFORMANCE.md); results go to $OUT.
@@ -118,8 +119,8 @@ step_round3e2e() {
 step_round4() {
     python3 -m wan22bot.bench.sage_fused --tokens 27664 82992 --json "$OUT/sage-fused-check.json"
     python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
-        --variants "stock,fp8static+sagewarp+compile,fp8static+sagefused+compile" \
-        --large-variants "stock,fp8static+sagewarp+compile,fp8static+sagefused+compile" \
+        --variants "${ROUND4:-stock,fp8static+sagewarp+compile,fp8static+sagefused+compile,fp8static+sagefusedwarp+compile,fp8static+fastacc+sagefused+compile}" \
+        --large-variants "${ROUND4:-stock,fp8static+sagewarp+compile,fp8static+sagefused+compile,fp8static+sagefusedwarp+compile,fp8static+fastacc+sagefused+compile}" \
         --json "$OUT/levers-round4.json"
 }
 

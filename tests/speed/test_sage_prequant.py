@@ -31,44 +31,70 @@ def _qkv(s=150, h=3, d=128, seed=0):
     return tuple(t.to(torch.bfloat16) for t in (q, k, v))
 
 
-def test_q_is_int8_with_one_scale_per_16_tokens_per_head_padded_to_the_64_row_tile():
-    q, _, _ = _qkv(s=150)
-    q8, scale = quantize_q(q)
-    assert q8.dtype == torch.int8 and q8.shape == (1, 192, 3, 128)  # 150 -> 3 tiles of 64
-    assert scale.dtype == torch.float32 and scale.shape == (1, 3, 12) and scale.is_contiguous()
-    qf = q.float()
-    for h in range(3):
-        for grp in range(12):
-            rows = qf[0, grp * 16:(grp + 1) * 16, h]
-            amax = max(float(rows.abs().max()) if rows.numel() else 0.0, 1e-7)
-            assert scale[0, h, grp].item() == pytest.approx(amax / 127, rel=1e-6)
-            x = rows * (127.0 / amax)
-            got = q8[0, grp * 16:grp * 16 + rows.shape[0], h].float()
-            # round to nearest; an exact .5 tie may go either way (the last bit of 127 / amax decides,
-            # and SageAttention's own quantiser is built with fast math)
-            off = (got - torch.round(x)).abs()
-            tie = ((x - x.floor()) - 0.5).abs() < 1e-4
-            assert ((off == 0) | ((off == 1) & tie)).all()
-    assert not q8[0, 150:].any()  # the padding rows
+# which rows share a scale, per the kernel's tiles (64 query rows in 4 warps of 16, where lane
+# groups hold rows t and t + 8; 128 key rows, where a thread holds rows with r % 8 in {2t, 2t + 1})
+def _q_groups(rows, per_thread):
+    if per_thread:
+        return {(blk * 8 + t): [blk * 16 + t, blk * 16 + t + 8] for blk in range(rows // 16) for t in range(8)}
+    return {g: list(range(g * 16, g * 16 + 16)) for g in range(rows // 16)}
 
 
-def test_k_loses_its_sequence_mean_then_gets_one_int8_scale_per_128_tokens():
-    _, k, _ = _qkv(s=300)
-    k8, scale, km = quantize_k(k)
-    assert k8.shape == (1, 384, 3, 128) and scale.shape == (1, 3, 3)
+def _k_groups(rows, per_thread):
+    if per_thread:
+        return {(blk * 4 + t): [r for r in range(blk * 128, blk * 128 + 128) if r % 8 in (2 * t, 2 * t + 1)]
+                for blk in range(rows // 128) for t in range(4)}
+    return {g: list(range(g * 128, g * 128 + 128)) for g in range(rows // 128)}
+
+
+def _check_int8(x8, scale, x, groups, s):
+    """Every scale is its rows' amax / 127 (1e-7 floor) and every value rounds x / scale."""
+    assert scale.shape[-1] == len(groups) and scale.is_contiguous()
+    for h in range(x.shape[2]):
+        for idx, rows in groups.items():
+            valid = [r for r in rows if r < s]
+            vals = x[0, valid, h] if valid else torch.zeros(1, x.shape[-1])
+            amax = max(float(vals.abs().max()), 1e-7)
+            assert scale[0, h, idx].item() == pytest.approx(amax / 127, rel=1e-6), (h, idx)
+            if not valid:
+                continue
+            y = vals * (127.0 / amax)
+            off = (x8[0, valid, h].float() - torch.round(y)).abs()
+            # an exact .5 tie may go either way (the last bit of 127 / amax decides, and
+            # SageAttention's own quantiser is built with fast math)
+            tie = ((y - y.floor()) - 0.5).abs() < 1e-4
+            assert ((off == 0) | ((off == 1) & tie)).all(), (h, idx)
+    assert not x8[0, s:].any()  # the padding rows
+
+
+@pytest.mark.parametrize("per_thread", [False, True])
+def test_q_is_int8_with_its_scales_grouped_as_the_kernel_reads_them(per_thread):
+    q, _, _ = _qkv(s=150, h=2)
+    q8, scale = quantize_q(q, per_thread)
+    assert q8.dtype == torch.int8 and q8.shape == (1, 192, 2, 128)  # 150 -> 3 tiles of 64
+    assert scale.dtype == torch.float32 and scale.shape == (1, 2, 96 if per_thread else 12)
+    _check_int8(q8, scale, q.float(), _q_groups(192, per_thread), 150)
+
+
+@pytest.mark.parametrize("per_thread", [False, True])
+def test_k_loses_its_sequence_mean_then_gets_int8_scales_grouped_as_the_kernel_reads_them(per_thread):
+    _, k, _ = _qkv(s=300, h=2)
+    k8, scale, km = quantize_k(k, per_thread)
+    assert k8.shape == (1, 384, 2, 128) and scale.shape == (1, 2, 12 if per_thread else 3)
     exact = k.float().mean(1, keepdim=True)
     assert km.dtype == torch.bfloat16 and ((km.float() - exact).abs() <= exact.abs() / 128).all()  # bf16 rounding
     centred = k.float() - km.float()
-    for h in range(3):
-        for blk in range(3):
-            rows = centred[0, blk * 128:(blk + 1) * 128, h]
-            assert scale[0, h, blk].item() == pytest.approx(float(rows.abs().max()) / 127, rel=1e-6)
-            back = k8[0, blk * 128:blk * 128 + rows.shape[0], h].float() * scale[0, h, blk]
-            assert (back - rows).abs().max() <= scale[0, h, blk] / 2 + 1e-6  # within half a step
-    assert not k8[0, 300:].any()
+    _check_int8(k8, scale, centred, _k_groups(384, per_thread), 300)
     # smoothing made a difference: the offset would have eaten most of the int8 range
-    raw_amax = k.float()[0, :128, 0].abs().max()
-    assert scale[0, 0, 0] < raw_amax / 127 * 0.8
+    assert scale[0, 0, 0] < k.float()[0, :128, 0].abs().max() / 127 * 0.8
+
+
+@pytest.mark.parametrize("kind,per_thread", [("q", False), ("q", True), ("k", False), ("k", True)])
+def test_the_scale_index_of_each_row_is_the_grouping_above(kind, per_thread):
+    rows = 384
+    groups = (_q_groups if kind == "q" else _k_groups)(rows, per_thread)
+    index = sage_prequant.scale_index(rows, kind, per_thread)
+    for idx, members in groups.items():
+        assert all(index[r] == idx for r in members)
 
 
 def test_v_is_fp8_transposed_padded_to_128_and_token_permuted_within_16():
@@ -91,12 +117,13 @@ def test_v_is_fp8_transposed_padded_to_128_and_token_permuted_within_16():
     assert not v8[0, :, :, 160:].float().any()
 
 
-def test_attention_on_what_the_kernel_would_read_matches_fp32_attention():
+@pytest.mark.parametrize("per_thread", [False, True])
+def test_attention_on_what_the_kernel_would_read_matches_fp32_attention(per_thread):
     q, k, v = _qkv(s=333, h=2, seed=3)
-    q8, qs = quantize_q(q)
-    k8, ks, _ = quantize_k(k)
+    q8, qs = quantize_q(q, per_thread)
+    k8, ks, _ = quantize_k(k, per_thread)
     v8, vs = quantize_v(v)
-    qf, kf, vf = dequantize(q8, qs, k8, ks, v8, vs, 333)
+    qf, kf, vf = dequantize(q8, qs, k8, ks, v8, vs, 333, per_thread)
 
     def attn(a, b, c):
         return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (a, b, c))).transpose(1, 2)
@@ -104,10 +131,13 @@ def test_attention_on_what_the_kernel_would_read_matches_fp32_attention():
     ref = attn(q.float(), k.float(), v.float())
     err = float((attn(qf, kf, vf) - ref).norm() / ref.norm())
     assert err < 0.05, err  # int8 Q/K + fp8 V: a few percent, as SageAttention's own path
-    # the check can fail: V read in plain token order (the permutation ignored) is far off
-    b, h, d, s = v8.shape
+    # the check can fail: V read in plain token order (the permutation ignored) is far off, and so
+    # are Q scales read with the other granularity
     plain = (v8.float() * vs[..., None]).permute(0, 3, 1, 2)[:, :333]
     assert float((attn(qf, kf, plain) - ref).norm() / ref.norm()) > 0.5
+    other = sage_prequant.scale_index(q8.shape[1], "q", not per_thread).clamp(max=qs.shape[-1] - 1)
+    q_wrong = (q8.float() * qs[:, :, other].transpose(1, 2)[..., None])[:, :333]
+    assert float((attn(q_wrong, kf, vf) - ref).norm() / ref.norm()) > 2 * err
 
 
 def test_an_all_zero_channel_of_v_gives_zeros_not_nan():
@@ -134,6 +164,15 @@ def test_other_head_sizes_are_refused_with_the_reason():
 
 def _reasons(missing=()):
     return lambda name, device: (f"{name} missing" if name in missing else None)
+
+
+def test_sage_fused_is_per_thread_and_the_per_warp_variant_stays_for_comparison():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    assert attention.core_for("sage-fused") is sage_fused_core
+    with FakeTensorMode():
+        q = torch.empty(1, 300, 4, 128, dtype=torch.bfloat16)
+        assert sage_prequant.sage_fused_warp_core(q, q, q).shape == (1, 300, 4, 128)
 
 
 def test_auto_tries_sage_fused_first_when_the_blocks_are_compiled():

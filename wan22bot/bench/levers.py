@@ -12,7 +12,8 @@ Variants (each kept only if it runs here):
   sagewarp        SageAttention 2's sm90 kernel with Q/K quantised per warp (`attention = "sage-warp"`;
                   sageattn itself on other GPUs)
   sagefused       the same kernel fed by our own quantisation inside the compiled blocks
-                  (`attention = "sage-fused"`, Hopper only)
+                  (`attention = "sage-fused"`, Hopper only; per-thread Q/K scales)
+  sagefusedwarp   sagefused with per-warp Q/K scales (for comparison only)
   fa3, fa3fp8     FlashAttention-3 bf16 / fp8 (per-head scales) as the core (Hopper)
   fp8attn         cuDNN FP8 attention as the core (Hopper)
   auto            whatever `attention = "auto"` picks here (self-check at load)
@@ -20,6 +21,7 @@ Variants (each kept only if it runs here):
   fp8lin          fp8 linear layers, row-wise dynamic scales (torch._scaled_mm)
   fp8static       fp8 linear layers, per-tensor scales, input scale calibrated once (first call)
   fp8delayed      fp8 linear layers, per-tensor scales from the amax of earlier calls
+  fastacc         with an fp8 variant: cuBLAS fast accumulation in the fp8 matmuls
 Variants combine with "+", e.g. fp8static+sage+compile. The static/delayed calibration call uses
 other latents and another timestep than the timed inputs, so their error is not flattered.
 Run: python -m wan22bot.bench.levers --frames 25,81 --json out.json
@@ -197,6 +199,13 @@ def main(argv=None) -> int:
         for p in parts:
             if p in CORES:
                 install_core(model, core_for(CORES[p]))
+        for m in model.modules():
+            if hasattr(m, "fast_accum"):
+                m.fast_accum = "fastacc" in parts
+        if "sagefusedwarp" in parts:
+            from ..engine.sage_prequant import sage_fused_warp_core
+
+            install_core(model, sage_fused_warp_core)
         if "sagewarp" in parts and "sage_warp" not in results:
             import sageattention  # type: ignore[import-not-found]
 

@@ -4,7 +4,8 @@ For each token count, on random (1, S, 40, 128) bf16 Q/K/V (K with a per-channel
 channel outliers, as normalised projections have them):
 - the quantised tensors against SageAttention's own quantisers (per-warp Q, smoothed per-block K,
   per-channel fp8 V): the share of equal elements, the largest difference, the scales' error;
-- the attention output of `sage-fused` (eager, and compiled with torch.compile) and of `sage-warp`
+- the attention output of `sage-fused` (per-thread scales; eager, and compiled with torch.compile),
+  of its per-warp variant (compiled) and of `sage-warp`
   against fp32 attention, and the two against each other;
 - the time per call of each (quantisation included).
 
@@ -57,19 +58,23 @@ def _reference(q, k, v, chunk: int = 8192):
                       for i in range(0, qt.shape[2], chunk)], dim=2).transpose(1, 2)
 
 
-def compare_quant(q, k, v) -> dict:
+def compare_quant(q, k, v, per_thread: bool) -> dict:
     from sageattention.quant import per_channel_fp8, per_warp_int8  # type: ignore[import-not-found]
+    from sageattention.triton.quant_per_thread import per_thread_int8  # type: ignore[import-not-found]
 
     from ..engine.sage_prequant import quantize_k, quantize_q, quantize_v
 
     s = q.shape[1]
     km = k.mean(dim=1, keepdim=True)
-    sq8, sqs, sk8, sks = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
+    if per_thread:  # Sage's rule differs slightly: scale = amax / 127 + 1e-7, ties away from zero
+        sq8, sqs, sk8, sks = per_thread_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128, WARPK=128)
+    else:
+        sq8, sqs, sk8, sks = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
     pad = (-s) % 128
     vp = torch.cat([v, v.new_zeros(1, pad, *v.shape[2:])], 1) if pad else v
     sv8, svs, _ = per_channel_fp8(vp, tensor_layout="NHD", smooth_v=False)  # (B, D, H, S')
-    q8, qs = quantize_q(q)
-    k8, ks, _ = quantize_k(k)
+    q8, qs = quantize_q(q, per_thread)
+    k8, ks, _ = quantize_k(k, per_thread)
     v8, vs = quantize_v(v)
     sv8 = sv8.permute(0, 2, 1, 3)  # -> (B, H, D, S') as ours
 
@@ -91,32 +96,38 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from ..engine.attention import core_for
+    from ..engine.sage_prequant import sage_fused_warp_core
 
     dev = torch.device("cuda")
     fused = core_for("sage-fused")
     warp = core_for("sage-warp")
     compiled = torch.compile(fused, fullgraph=True)
+    compiled_warp = torch.compile(sage_fused_warp_core, fullgraph=True)
     out = {"card": torch.cuda.get_device_name(dev), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
            "rows": []}
     for s in args.tokens:
         q, k, v = _inputs(s, dev)
-        row = {"tokens": s, "quant_vs_sage": compare_quant(q, k, v)}
+        row = {"tokens": s, "quant_vs_sage": {"per_warp": compare_quant(q, k, v, False),
+                                              "per_thread": compare_quant(q, k, v, True)}}
         ref = _reference(q, k, v)
         o_warp, o_fused = warp(q, k, v), fused(q, k, v)
         t0 = time.perf_counter()
         o_comp = compiled(q, k, v)
         torch.cuda.synchronize()
         row["compile_s"] = time.perf_counter() - t0
+        o_cwarp = compiled_warp(q, k, v)
         row["err_vs_fp32"] = {"sage-warp": _rel(o_warp, ref), "sage-fused": _rel(o_fused, ref),
-                              "sage-fused compiled": _rel(o_comp, ref)}
+                              "sage-fused compiled": _rel(o_comp, ref),
+                              "sage-fused per-warp compiled": _rel(o_cwarp, ref)}
         row["fused_vs_warp"] = _rel(o_fused, o_warp)
         row["compiled_vs_eager"] = _rel(o_comp, o_fused)
         del ref
         row["ms"] = {"sage-warp": _ms(lambda: warp(q, k, v)), "sage-fused eager": _ms(lambda: fused(q, k, v)),
-                     "sage-fused compiled": _ms(lambda: compiled(q, k, v))}
+                     "sage-fused compiled": _ms(lambda: compiled(q, k, v)),
+                     "sage-fused per-warp compiled": _ms(lambda: compiled_warp(q, k, v))}
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
-        del q, k, v, o_warp, o_fused, o_comp
+        del q, k, v, o_warp, o_fused, o_comp, o_cwarp
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as fh:

@@ -82,6 +82,9 @@ class FP8Linear(nn.Module):
         dev = linear.weight.device
         self.use_scaled_mm = fp8_matmul_supported(dev) if use_scaled_mm is None else use_scaled_mm
         self.compute_dtype = linear.weight.dtype
+        # cuBLAS's fp8 "fast accumulation" (no periodic promotion of the partial sums to full fp32):
+        # a measured lever (bench.levers variant `fastacc`), off unless set
+        self.fast_accum = False
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         scale = self.weight_scale.t() if self.scaling == "rowwise" else self.weight_scale
@@ -108,7 +111,7 @@ class FP8Linear(nn.Module):
         sa = amax / E4M3_MAX
         xq = (x2.float() / sa).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
         return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
-                                bias=bias, out_dtype=x2.dtype)
+                                bias=bias, out_dtype=x2.dtype, use_fast_accum=self.fast_accum)
 
     def _rowwise(self, x2: torch.Tensor, bias) -> torch.Tensor:
         rows = x2.shape[0]
@@ -139,7 +142,7 @@ class FP8Linear(nn.Module):
         for i in range(0, rows, step):
             xq = (x2[i:i + step].float() * (1.0 / sa)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
             part = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
-                                    bias=bias, out_dtype=x2.dtype)
+                                    bias=bias, out_dtype=x2.dtype, use_fast_accum=self.fast_accum)
             if step >= rows:
                 return part
             if out is None:

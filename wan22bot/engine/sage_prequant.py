@@ -11,12 +11,14 @@ epilogues, and only the attention kernel itself is called as an opaque op.
 The formats are the sm90 kernel's (`qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf`, NHD layout,
 per-warp granularity), read from SageAttention's quantisers and the kernel's shape checks:
 
-- Q: int8, one scale per 16 consecutive tokens per head (a warp's rows of the 64-row tile):
-  scale = max(amax, 1e-7) / 127, q8 = round-half-even(q * (127 / max(amax, 1e-7))). There are
-  ceil(S / 64) * 4 scales per head; tokens past S count as zeros.
+- Q: int8, scale = max(amax, 1e-7) / 127, q8 = round-half-even(q * (127 / max(amax, 1e-7))) over
+  each group of rows of a head. Per thread (the default): within each 16 rows, rows t and t + 8
+  (t < 8) share a scale, ceil(S / 64) * 32 scales per head; per warp: the 16 rows share one,
+  ceil(S / 64) * 4 per head. Rows past S count as zeros.
 - K: the mean over the sequence (per head and channel, rounded to the input dtype) is subtracted
   first ("smooth K": the same shift for every key, so softmax is unchanged and int8 loses less), then
-  int8 with one scale per 128 tokens per head, the same rule.
+  int8 by the same rule. Per thread: within each 128 rows, those with row % 8 in {2t, 2t + 1}
+  (t < 4) share a scale; per warp (per block): the 128 rows share one.
 - V: fp8 e4m3, one scale per head and channel over the whole sequence (scale = amax / 448), stored
   transposed as (B, H, D, S') with S' = S rounded up to 128 (zero padding), and within every 16
   tokens in the order 0 1 8 9 2 3 10 11 4 5 12 13 6 7 14 15 (the fp8 MMA's operand layout).
@@ -48,25 +50,50 @@ def _pad_seq(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
 
 
-def _int8_groups(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (B, S', H, D), S' a multiple of `group` -> int8 (B, S', H, D), scales (B, H, S'/group)."""
-    g = x.unflatten(1, (-1, group))  # B, G, group, H, D
-    amax = g.abs().amax(dim=(2, 4), keepdim=True).clamp_min(AMAX_FLOOR)
-    q = torch.round(g * (INT8_MAX / amax)).clamp(-128.0, 127.0).to(torch.int8).flatten(1, 2)
-    scale = (amax / INT8_MAX)[:, :, 0, :, 0].transpose(1, 2).contiguous()
+def _int8(x: torch.Tensor, groups: tuple[int, ...], reduce: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (B, S', H, D) -> int8 (B, S', H, D) and scales (B, H, n).
+
+    The sequence axis is split into `groups` (S' = prod(groups) * blocks); one scale covers the
+    rows that share every index of the split except those in `reduce` (positions within `groups`),
+    and the scales are numbered in row order of what is left.
+    """
+    b, s, h, d = x.shape
+    g = x.view(b, -1, *groups, h, d)
+    dims = tuple(2 + i for i in reduce) + (g.dim() - 1,)
+    amax = g.abs().amax(dim=dims, keepdim=True).clamp_min(AMAX_FLOOR)
+    q = torch.round(g * (INT8_MAX / amax)).clamp(-128.0, 127.0).to(torch.int8).view(b, s, h, d)
+    scale = (amax / INT8_MAX).squeeze(-1)  # B, blocks, (groups with 1 where reduced), H
+    scale = scale.movedim(-1, 1).reshape(b, h, -1).contiguous()
     return q, scale
 
 
-def quantize_q(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bf16 (B, S, H, D) -> int8 (B, ceil(S/64)*64, H, D), scales (B, H, ceil(S/64)*4)."""
-    return _int8_groups(_pad_seq(q.float(), CTA_Q), WARP_Q)
+def quantize_q(q: torch.Tensor, per_thread: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 (B, S, H, D) -> int8 (B, ceil(S/64)*64, H, D) and fp32 scales.
+
+    per warp: one scale per 16 consecutive rows, (B, H, ceil(S/64)*4).
+    per thread: within each 16 rows, one scale per row pair (t, t+8), t < 8 (the rows one thread
+    of the MMA holds), (B, H, ceil(S/64)*32).
+    """
+    x = _pad_seq(q.float(), CTA_Q)
+    if per_thread:
+        return _int8(x, (2, 8), reduce=(0,))  # row 16j + 8a + t -> scale 8j + t
+    return _int8(x, (WARP_Q,), reduce=(0,))
 
 
-def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """bf16 (B, S, H, D) -> int8 (B, ceil(S/128)*128, H, D), scales (B, H, ceil(S/128)), and the
-    subtracted mean (B, 1, H, D) in k's dtype. Padding rows are zeros after the subtraction."""
+def quantize_k(k: torch.Tensor, per_thread: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bf16 (B, S, H, D) -> int8 (B, ceil(S/128)*128, H, D), fp32 scales, and the subtracted mean
+    (B, 1, H, D) in k's dtype. Padding rows are zeros after the subtraction.
+
+    per block: one scale per 128 rows, (B, H, ceil(S/128)).
+    per thread: within each 128 rows, one scale per t < 4 over the rows r with r % 8 in {2t, 2t+1},
+    (B, H, ceil(S/128)*4).
+    """
     km = k.mean(dim=1, keepdim=True)
-    q, scale = _int8_groups(_pad_seq(k.float() - km.float(), CTA_K), CTA_K)
+    x = _pad_seq(k.float() - km.float(), CTA_K)
+    if per_thread:
+        q, scale = _int8(x, (16, 4, 2), reduce=(0, 2))  # row 128j + 8m + 2t + u -> scale 4j + t
+    else:
+        q, scale = _int8(x, (CTA_K,), reduce=(0,))
     return q, scale, km
 
 
@@ -83,21 +110,33 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y.reshape(b, h, d, s), amax / FP8_MAX
 
 
-def dequantize(q8, q_scale, k8, k_scale, v8, v_scale, seq_len: int):
+def scale_index(rows: int, kind: str, per_thread: bool) -> torch.Tensor:
+    """For each of `rows` rows of Q (kind "q") or K ("k"), the index of its scale: the kernel's
+    reading of the scale tensors, written out row by row."""
+    r = torch.arange(rows)
+    if kind == "q":
+        return (r // 16) * 8 + r % 8 if per_thread else r // WARP_Q
+    return (r // CTA_K) * 4 + (r % 8) // 2 if per_thread else r // CTA_K
+
+
+def dequantize(q8, q_scale, k8, k_scale, v8, v_scale, seq_len: int, per_thread: bool = False):
     """The fp32 (B, S, H, D) tensors the kernel computes with: for checking the formats.
     (K comes back without its mean, which attention does not see.)"""
-    qf = q8.float().unflatten(1, (-1, WARP_Q)) * q_scale.transpose(1, 2)[:, :, None, :, None]
-    kf = k8.float().unflatten(1, (-1, CTA_K)) * k_scale.transpose(1, 2)[:, :, None, :, None]
+    def rows(x8, scale, kind):
+        s = scale[:, :, scale_index(x8.shape[1], kind, per_thread)]  # B, H, S'
+        return x8.float() * s.transpose(1, 2)[..., None]
+
     b, h, d, s = v8.shape
     inv = torch.argsort(torch.tensor(PERM16))
     vf = v8.float().view(b, h, d, s // 16, 16)[..., inv].reshape(b, h, d, s)
     vf = (vf * v_scale[..., None]).permute(0, 3, 1, 2)
-    return qf.flatten(1, 2)[:, :seq_len], kf.flatten(1, 2)[:, :seq_len], vf[:, :seq_len]
+    return rows(q8, q_scale, "q")[:, :seq_len], rows(k8, k_scale, "k")[:, :seq_len], vf[:, :seq_len]
 
 
 @torch.library.custom_op("wan22bot::sage_sm90_prequant", mutates_args=())
 def sage_sm90_prequant(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, q_scale: torch.Tensor,
-                       k_scale: torch.Tensor, v_scale: torch.Tensor, seq_len: int, sm_scale: float) -> torch.Tensor:
+                       k_scale: torch.Tensor, v_scale: torch.Tensor, seq_len: int, sm_scale: float,
+                       per_thread: bool) -> torch.Tensor:
     from sageattention import _qattn_sm90  # type: ignore[import-not-found]
 
     # the kernel reads the true lengths from the shapes and the padded rows' stride from the
@@ -107,21 +146,34 @@ def sage_sm90_prequant(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, q_s
     out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
     _qattn_sm90.qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf(
         q, k, v8.permute(0, 2, 1, 3), out, q_scale.contiguous(), k_scale.contiguous(), v_scale.contiguous(),
-        0, 0, 2, sm_scale, 0)  # NHD layout, not causal, per-warp granularity, no LSE
+        0, 0, 3 if per_thread else 2, sm_scale, 0)  # NHD layout, not causal, granularity, no LSE
     return out
 
 
 @sage_sm90_prequant.register_fake
-def _(q8, k8, v8, q_scale, k_scale, v_scale, seq_len, sm_scale):
+def _(q8, k8, v8, q_scale, k_scale, v_scale, seq_len, sm_scale, per_thread):
     b, _, h, d = q8.shape
     return q8.new_empty((b, seq_len, h, d), dtype=torch.bfloat16)
 
 
-def sage_fused_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, S, H, D) bf16 -> attention output (B, S, H, D) bf16 on SageAttention 2's sm90 kernel."""
-    if q.shape[-1] != 128:
-        raise ValueError(f"sage-fused is built for head size 128 (Wan's); got {q.shape[-1]}")
-    q8, qs = quantize_q(q)
-    k8, ks, _ = quantize_k(k)
-    v8, vs = quantize_v(v)
-    return sage_sm90_prequant(q8, k8, v8, qs, ks, vs, q.shape[1], q.shape[-1] ** -0.5)
+def fused_core(per_thread: bool = True):
+    """The `sage-fused` core: (B, S, H, D) bf16 -> attention output (B, S, H, D) bf16.
+
+    Per-thread Q/K scales are the kernel's finer granularity (and SageAttention's own default);
+    per-warp ones are kept for comparison (`python -m wan22bot.bench.levers`, variant sagefusedwarp).
+    """
+
+    def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.shape[-1] != 128:
+            raise ValueError(f"sage-fused is built for head size 128 (Wan's); got {q.shape[-1]}")
+        q8, qs = quantize_q(q, per_thread)
+        k8, ks, _ = quantize_k(k, per_thread)
+        v8, vs = quantize_v(v)
+        return sage_sm90_prequant(q8, k8, v8, qs, ks, vs, q.shape[1], q.shape[-1] ** -0.5, per_thread)
+
+    core.__name__ = core.__qualname__ = f"sage_fused_{'thread' if per_thread else 'warp'}"
+    return core
+
+
+sage_fused_core = fused_core(per_thread=True)
+sage_fused_warp_core = fused_core(per_thread=False)
