@@ -110,41 +110,47 @@ def rms_norm(x: torch.Tensor, gamma: torch.Tensor, scale: torch.Tensor, bias: to
     return _rms(x, gamma, scale, bias).to(out_dtype)
 
 
-def norm_silu_prefixed(x: torch.Tensor, prefix: torch.Tensor | None, pad: int, gamma: torch.Tensor,
-                       scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-                       channels_last: bool) -> torch.Tensor:
-    """[prefix | silu(norm(x))] along time, (B, C, pad + T, H, W): a causal conv's whole input.
+def norm_silu_prefixed(x: torch.Tensor, prefix: torch.Tensor, gamma: torch.Tensor, scale: torch.Tensor,
+                       bias: torch.Tensor | None, out_dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """[prefix | silu(norm(x))] along time, (B, C, P + T, H, W): a causal conv's whole input.
 
-    `prefix` holds the `pad` frames before x (the cached frames, zero-filled in front where the
-    cache is short), or None for zeros. The buffer is laid out as the conv's weight is.
+    `prefix` holds the P frames before x (the cached frames, zero-filled in front where the cache is
+    short). The buffer is laid out as the conv's weight is.
     """
     y = F.silu(_rms(x, gamma, scale, bias)).to(out_dtype)
     b, c, t, h, w = x.shape
+    pad = prefix.shape[2]
     out = torch.empty((b, c, pad + t, h, w), dtype=out_dtype, device=x.device,
                       memory_format=_layout(channels_last, 5))
-    if prefix is None:
-        out[:, :, :pad] = 0
-    else:
-        out[:, :, :pad] = prefix
+    out[:, :, :pad] = prefix
     out[:, :, pad:] = y
     return out
 
 
 def upsample_frames(x: torch.Tensor, doubled: bool, channels_last: bool) -> torch.Tensor:
     """WanResample's frame interleave (after its time conv), (B, C, T, H, W) -> (B*T, C, H, W)
-    and nearest 2x, in x's dtype: (B * T', C, 2H, 2W). Nearest only copies values."""
+    and nearest 2x, in x's dtype: (B * T', C, 2H, 2W). Nearest only copies values: output pixel
+    (i, j) is input pixel (i // 2, j // 2), at 2x for "nearest" and "nearest-exact" alike."""
     b, c, t, h, w = x.shape
+    if channels_last:
+        # the same values, indexed in (frame, row, column, channel) order so that reads and writes
+        # both run along the channels, which are innermost in memory on either side
+        y = x.permute(0, 2, 3, 4, 1)  # (b, t, h, w, c)
+        if doubled:
+            # the time conv's 2C channels are two frames per input frame: frame 2i + k is block k
+            c = c // 2
+            y = y.reshape(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
+            t = t * 2
+        y = y.reshape(b * t, h, 1, w, 1, c).expand(b * t, h, 2, w, 2, c).reshape(b * t, 2 * h, 2 * w, c)
+        return y.permute(0, 3, 1, 2)  # (b*t, c, 2h, 2w), channels-last in memory
     if doubled:
-        # the time conv's 2C channels are two frames per input frame, as WanResample.forward splits them
         c = c // 2
         x = x.reshape(b, 2, c, t, h, w)
         x = torch.stack((x[:, 0, :, :, :, :], x[:, 1, :, :, :, :]), 3)
         t = t * 2
         x = x.reshape(b, c, t, h, w)
     x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-    # nearest(-exact) at exactly 2x: output pixel (i, j) is input pixel (i // 2, j // 2)
-    x = x[:, :, :, None, :, None].expand(b * t, c, h, 2, w, 2).reshape(b * t, c, 2 * h, 2 * w)
-    return x.contiguous(memory_format=_layout(channels_last, 4))
+    return x[:, :, :, None, :, None].expand(b * t, c, h, 2, w, 2).reshape(b * t, c, 2 * h, 2 * w)
 
 
 class _Fused:
@@ -223,28 +229,31 @@ def _conv(conv, x: torch.Tensor) -> torch.Tensor:
     return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, p[2], p[0]), conv.dilation, conv.groups)
 
 
-def _time_prefix(cache: torch.Tensor | None, pad: int, x: torch.Tensor) -> torch.Tensor | None:
+def _time_prefix(cache: torch.Tensor | None, pad: int, x: torch.Tensor, dtype: torch.dtype,
+                 channels_last: bool) -> torch.Tensor:
     """The `pad` frames WanCausalConv3d.forward puts before x: the cached frames, zero-filled in
     front where there are fewer (F.pad), the oldest dropped where there are more (F.pad with a
-    negative pad). None: all zeros."""
-    if cache is None:
-        return None
-    cache = cache.to(x.device)
-    k = cache.shape[2]
+    negative pad); all zeros without a cache. Always a tensor of `pad` frames in the conv's layout,
+    so that one compiled graph serves the first chunk, the one-frame caches and the rest."""
+    fmt = _layout(channels_last, 5)
+    k = 0 if cache is None else cache.shape[2]
     if k >= pad:
-        return cache[:, :, k - pad:]
-    zeros = torch.zeros_like(cache[:, :, :1]).expand(-1, -1, pad - k, -1, -1)
-    return torch.cat([zeros, cache], 2)
+        cache = cache[:, :, k - pad:].to(x.device)
+        if cache.dtype == dtype and cache.is_contiguous(memory_format=fmt):
+            return cache
+    b, c, _, h, w = x.shape
+    out = torch.empty((b, c, pad, h, w), dtype=dtype, device=x.device, memory_format=fmt).zero_()
+    if k:
+        out[:, :, max(pad - k, 0):] = cache[:, :, max(k - pad, 0):]
+    return out
 
 
 def _causal_conv_forward(state: _State, conv, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
     """WanCausalConv3d.forward with one copy (the time prefix and x together) instead of two."""
     pad = conv._padding[4]
     if pad > 0:
-        prefix = _time_prefix(cache_x, pad, x)
-        if prefix is None:
-            prefix = torch.zeros_like(x[:, :, :1]).expand(-1, -1, pad, -1, -1)
-        x = torch.cat([prefix, x], 2)
+        x = torch.cat([_time_prefix(cache_x, pad, x, x.dtype, x.is_contiguous(memory_format=torch.channels_last_3d)
+                                    and not x.is_contiguous()), x], 2)
     return _conv(conv, x)
 
 
@@ -257,11 +266,11 @@ def _norm_silu_conv(state: _State, norm, conv, x: torch.Tensor, feat_cache: list
     gamma, scale, bias, out_dtype = _norm_args(state, norm, x)
     cl = _wants_channels_last(conv.weight)
     if feat_cache is None:
-        buf = _NORM_SILU(state, x, None, pad, gamma, scale, bias, out_dtype, cl)
+        buf = _NORM_SILU(state, x, _time_prefix(None, pad, x, out_dtype, cl), gamma, scale, bias, out_dtype, cl)
         return _conv(conv, buf)
     idx = feat_idx[0]
     old = feat_cache[idx]
-    buf = _NORM_SILU(state, x, _time_prefix(old, pad, x), pad, gamma, scale, bias, out_dtype, cl)
+    buf = _NORM_SILU(state, x, _time_prefix(old, pad, x, out_dtype, cl), gamma, scale, bias, out_dtype, cl)
     # diffusers keeps the last CACHE_T activated frames; a one-frame chunk keeps the cache's last
     # frame before it, which is the buffer's frame before it (the prefix ends with it), and keeps
     # only itself when there was no cache (a one-frame cache: the first chunk).
