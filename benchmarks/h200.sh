@@ -124,6 +124,20 @@ step_round4() {
         --json "$OUT/levers-round4.json"
 }
 
+# the default path as landed: photo -> MP4 at 81 frames with RIFE (stock pass beside it), then the
+# decode alone with and without the fused decoder, PSNR against the fp32 stock decode; ~8 min
+step_round4e2e() {
+    random_rife
+    python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline --interpolate \
+        --frames 81 --repeat 1 --json "$OUT/e2e81-round4.json"
+    local name
+    for name in fast-decode channels-last; do
+        timeout 150 python3 -m wan22bot.bench.tail --device cuda --frames 81 --vae-dtype bf16 --psnr --rife --no-serial \
+            --rife-weights /tmp/rife-random/flownet.pkl --channels-last $([ $name = fast-decode ] && echo --fast-decode) \
+            | tail -1 | tee "$OUT/tail-round4-$name.json"
+    done
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/card.txt"
 for s in "$@"; do

@@ -95,6 +95,9 @@ class ModelConfig(_Section):
     # one per-tensor input scale calibrated on the layer's first call (ComfyUI --fast style, cheapest);
     # "delayed" takes the scale from the amax of earlier calls and keeps updating it.
     fp8_scaling: Literal["rowwise", "static", "delayed"] = "static"
+    # cuBLAS fp8 fast accumulation in those layers: 8.989 s against 9.121 s per 81-frame forward on an
+    # H200 (1.483 against 1.528 s at 25 frames), error against stock bf16 0.0466 either way.
+    fp8_fast_accum: bool = True
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
     # The image encode skips the encoder layers that have settled on the black frames after the

@@ -76,3 +76,26 @@ def test_fp8_weights_take_the_lora_out_for_a_lora_free_preset(tmp_path):
     out = g.generate(quality).frames
     assert not g.lora_fused
     assert torch.equal(out, TwoPassGenerator(ModelConfig(weights="fp8")).generate(quality).frames)
+
+
+def test_fast_accumulation_reaches_the_fp8_matmul(monkeypatch):
+    """`[model] fp8_fast_accum` (on by default) is handed to torch._scaled_mm by every converted layer."""
+    calls = []
+
+    def fake_scaled_mm(a, b, scale_a=None, scale_b=None, bias=None, out_dtype=None, use_fast_accum=False):
+        calls.append(use_fast_accum)
+        return torch.zeros(a.shape[0], b.shape[1], dtype=out_dtype)
+
+    monkeypatch.setattr(torch, "_scaled_mm", fake_scaled_mm)
+    assert ModelConfig().fp8_fast_accum is True
+    for fast in (True, False):
+        model = torch.nn.Module()
+        model.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(16, 32))])
+        convert_to_fp8(model, use_scaled_mm=True, scaling="static", fast_accum=fast)
+        for scaling in ("static", "rowwise"):
+            layer = model.blocks[0][0]
+            layer.scaling = scaling
+            if scaling == "rowwise":
+                layer.weight_scale = layer.weight_scale.expand(1, 32)
+            layer(torch.randn(4, 16))
+        assert calls[-2:] == [fast, fast]

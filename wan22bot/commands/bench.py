@@ -183,7 +183,8 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "model": gen.components.description if gen.components else cfg.model.kind,
-        "settings": {"weights": gen.weights, "fp8_scaling": cfg.model.fp8_scaling, "memory": gen.memory_mode,
+        "settings": {"weights": gen.weights, "fp8_scaling": cfg.model.fp8_scaling,
+                     "fp8_fast_accum": cfg.model.fp8_fast_accum, "memory": gen.memory_mode,
                      "attention_high": cfg.model.attention_high, "attention_low": cfg.model.attention_low,
                      "attention_chosen": {k: {"backend": c.backend, "self_check_error": c.self_check_error}
                                           for k, c in gen.attention.items()},

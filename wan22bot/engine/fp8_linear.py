@@ -83,7 +83,7 @@ class FP8Linear(nn.Module):
         self.use_scaled_mm = fp8_matmul_supported(dev) if use_scaled_mm is None else use_scaled_mm
         self.compute_dtype = linear.weight.dtype
         # cuBLAS's fp8 "fast accumulation" (no periodic promotion of the partial sums to full fp32):
-        # a measured lever (bench.levers variant `fastacc`), off unless set
+        # `[model] fp8_fast_accum`, set by convert_to_fp8
         self.fast_accum = False
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
@@ -154,14 +154,17 @@ class FP8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}, scaling={self.scaling}"
 
 
-def convert_to_fp8(model: nn.Module, use_scaled_mm: bool | None = None, scaling: str = "rowwise") -> int:
+def convert_to_fp8(model: nn.Module, use_scaled_mm: bool | None = None, scaling: str = "rowwise",
+                   fast_accum: bool = False) -> int:
     """Replace every nn.Linear inside `model.blocks` with an FP8Linear (frees the bf16 weights)."""
     n = 0
     for block in model.blocks:
         for name, mod in list(block.named_modules()):
             for child_name, child in list(mod.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(mod, child_name, FP8Linear(child, use_scaled_mm, scaling))
+                    layer = FP8Linear(child, use_scaled_mm, scaling)
+                    layer.fast_accum = fast_accum
+                    setattr(mod, child_name, layer)
                     n += 1
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

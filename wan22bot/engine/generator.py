@@ -202,8 +202,9 @@ class TwoPassGenerator:
                          fl.report.render(), f"host copy, {fl.kept_bytes / 2**30:.2f} GiB" if fl.kept_bytes
                          else "re-read from the model file")
             if self.weights == "fp8":
-                n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling)
-                log.info("%s: %d linear layers stored in fp8", key, n)
+                n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling, fast_accum=self.cfg.fp8_fast_accum)
+                log.info("%s: %d linear layers stored in fp8%s", key, n,
+                         ", fast accumulation" if self.cfg.fp8_fast_accum else "")
             if self.memory_mode == "swap":
                 self.swaps[key] = PinnedSwap(model, self.device)
             elif self.memory_mode == "offload":
