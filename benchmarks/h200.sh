@@ -138,6 +138,15 @@ step_round4e2e() {
     done
 }
 
+# the first compiled call at 81 frames on the default path: an empty compile cache, then a second
+# process on the cache the first one filled (what a daemon restart pays); ~3 min
+step_coldstart81() {
+    local cache
+    cache=$(mktemp -d)
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --frames 81 --json "$OUT/coldstart81-cold.json"
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --frames 81 --json "$OUT/coldstart81-warm.json"
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/card.txt"
 for s in "$@"; do

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, type=Path, help="compile cache folder (kept between runs)")
     ap.add_argument("--frames", type=int, default=25)
-    ap.add_argument("--fp8-scaling", default="rowwise")
+    ap.add_argument("--fp8-scaling", default="static", help="the default path's is static")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from ..config import ModelConfig
     from ..engine.attention import apply_attention_backend
     from ..engine.fp8_linear import convert_to_fp8
     from ..engine.random_weights import random_expert
@@ -39,8 +40,8 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     torch._dynamo.config.cache_size_limit = 64
     model = random_expert(dev, torch.bfloat16, seed=1)
-    convert_to_fp8(model, scaling=args.fp8_scaling)
-    choice = apply_attention_backend(model, "auto", dev)
+    convert_to_fp8(model, scaling=args.fp8_scaling, fast_accum=ModelConfig().fp8_fast_accum)
+    choice = apply_attention_backend(model, "auto", dev, compiled=True)
     model.compile_repeated_blocks(fullgraph=True)
     inputs = make_inputs(args.frames, dev)
     calibration = None
