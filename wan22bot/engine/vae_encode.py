@@ -32,12 +32,12 @@ encode instead, and the report says why.
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from .mirrored_source import digest_or_empty, source_digest
 
 # sha256 of the diffusers 0.42.1 source this loop mirrors (AutoencoderKLWan.clear_cache, ._encode,
 # .encode, WanEncoder3d.forward) or relies on (the encoder layers' cache handling: each slot is
@@ -96,20 +96,15 @@ class _Unit:
 def _mirrored_source() -> str:
     from diffusers.models.autoencoders import autoencoder_kl_wan as akw
 
-    h = hashlib.sha256()
-    for fn in (akw.AutoencoderKLWan.clear_cache, akw.AutoencoderKLWan._encode, akw.AutoencoderKLWan.encode,
-               akw.WanEncoder3d.forward, akw.WanCausalConv3d.forward, akw.WanResidualBlock.forward,
-               akw.WanResample.forward, akw.WanResidualDownBlock.forward, akw.WanMidBlock.forward):
-        h.update(inspect.getsource(fn).encode())
-    return h.hexdigest()
+    return source_digest((akw.AutoencoderKLWan.clear_cache, akw.AutoencoderKLWan._encode,
+                          akw.AutoencoderKLWan.encode, akw.WanEncoder3d.forward, akw.WanCausalConv3d.forward,
+                          akw.WanResidualBlock.forward, akw.WanResample.forward,
+                          akw.WanResidualDownBlock.forward, akw.WanMidBlock.forward))
 
 
 @functools.lru_cache(maxsize=1)
 def _installed_source() -> str:
-    try:
-        return _mirrored_source()
-    except (OSError, TypeError):  # no source files shipped: cannot tell, so do not mirror
-        return ""
+    return digest_or_empty(_mirrored_source)
 
 
 def unsupported_reason(vae, x: torch.Tensor) -> str | None:

@@ -34,8 +34,6 @@ The encoder is never touched (engine/vae_encode.py's exact shortcut relies on it
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 import logging
 import types
 from collections.abc import Callable
@@ -43,6 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from .mirrored_source import digest_or_empty, source_digest
 
 log = logging.getLogger(__name__)
 
@@ -354,24 +354,18 @@ def _decoder_forward(state: _State, dec, x: torch.Tensor, feat_cache=None, feat_
 def _mirrored_source() -> str:
     from diffusers.models.autoencoders import autoencoder_kl_wan as akw
 
-    h = hashlib.sha256()
-    h.update(f"CACHE_T={akw.CACHE_T}".encode())
-    for fn in (akw.AutoencoderKLWan.clear_cache, akw.AutoencoderKLWan._decode, akw.WanDecoder3d.__init__,
-               akw.WanDecoder3d.forward, akw.WanUpBlock.forward, akw.WanMidBlock.forward,
-               akw.WanAttentionBlock.forward, akw.WanResidualBlock.__init__, akw.WanResidualBlock.forward,
-               akw.WanResample.__init__, akw.WanResample.forward, akw.WanUpsample.forward,
-               akw.WanCausalConv3d.__init__, akw.WanCausalConv3d.forward, akw.WanRMS_norm.__init__,
-               akw.WanRMS_norm.forward):
-        h.update(inspect.getsource(fn).encode())
-    return h.hexdigest()
+    mirrored = (akw.AutoencoderKLWan.clear_cache, akw.AutoencoderKLWan._decode, akw.WanDecoder3d.__init__,
+                akw.WanDecoder3d.forward, akw.WanUpBlock.forward, akw.WanMidBlock.forward,
+                akw.WanAttentionBlock.forward, akw.WanResidualBlock.__init__, akw.WanResidualBlock.forward,
+                akw.WanResample.__init__, akw.WanResample.forward, akw.WanUpsample.forward,
+                akw.WanCausalConv3d.__init__, akw.WanCausalConv3d.forward, akw.WanRMS_norm.__init__,
+                akw.WanRMS_norm.forward)
+    return source_digest(mirrored, prefix=f"CACHE_T={akw.CACHE_T}")
 
 
 @functools.lru_cache(maxsize=1)
 def _installed_source() -> str:
-    try:
-        return _mirrored_source()
-    except (OSError, TypeError):  # no source files shipped: cannot tell, so do not mirror
-        return ""
+    return digest_or_empty(_mirrored_source)
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
