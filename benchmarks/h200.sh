@@ -14,6 +14,9 @@
 #                                photo -> MP4 at 81 frames on benchmarks/default.toml (image encode shortcut on); ~5 min
 #   benchmarks/h200.sh levers25r3 stock and the default path at 25 frames; ~1 min
 #   benchmarks/h200.sh profile81 one 81-frame forward of the default path under torch.profiler; ~2 min
+#   benchmarks/h200.sh round5    the default path at 81 and 25 frames against inductor's coordinate-descent
+#                                tuning and per-warp sage-fused; ~6 min (then coldstart81: ~3 min)
+#   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
 #                                stock / sage-warp / sage-fused per thread / per warp / + fp8 fast accumulation
 #                                (fp8 static, compiled) at 81 and 25 frames; ~7 min
@@ -136,6 +139,13 @@ step_round4e2e() {
             --rife-weights /tmp/rife-random/flownet.pkl --channels-last $([ $name = fast-decode ] && echo --fast-decode) \
             | tail -1 | tee "$OUT/tail-round4-$name.json"
     done
+}
+
+step_round5() {
+    local v="stock,fp8static+fastacc+sagefused+compile,fp8static+fastacc+sagefused+compile+cdt"
+    v="$v,fp8static+fastacc+sagefusedwarp+compile"
+    python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
+        --variants "${ROUND5:-$v}" --large-variants "${ROUND5:-$v}" --json "$OUT/levers-round5.json"
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second

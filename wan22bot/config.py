@@ -98,6 +98,9 @@ class ModelConfig(_Section):
     # cuBLAS fp8 fast accumulation in those layers: 8.989 s against 9.121 s per 81-frame forward on an
     # H200 (1.483 against 1.528 s at 25 frames), error against stock bf16 0.0466 either way.
     fp8_fast_accum: bool = True
+    # inductor's tuning of the kernels it writes for the compiled blocks (engine/compile_tuning.py):
+    # "coordinate-descent" searches block sizes per kernel at compile time. Opt-in: not measured yet.
+    compile_tuning: Literal["default", "coordinate-descent"] = "default"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
     # The image encode skips the encoder layers that have settled on the black frames after the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from wan22bot.engine.compile_cache import use_compile_cache
@@ -86,3 +87,21 @@ def test_cast_for_compute_keeps_fp32_values_of_kept_modules_exact():
     assert m.proj.weight.dtype == torch.bfloat16
     assert m.norm.weight.dtype == torch.float32
     assert torch.equal(m.norm.weight, exact)
+
+
+def test_compile_tuning_reaches_inductor_when_the_blocks_are_compiled(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.compile_tuning import apply_compile_tuning
+    from wan22bot.engine.generator import TwoPassGenerator
+    monkeypatch.setattr(inductor_config, "coordinate_descent_tuning", False)
+    assert ModelConfig().compile_tuning == "default"
+    TwoPassGenerator(ModelConfig(compile=True, compile_tuning="coordinate-descent")).load()  # the tiny model
+    assert inductor_config.coordinate_descent_tuning is True
+    apply_compile_tuning("default")
+    assert inductor_config.coordinate_descent_tuning is False
+    with pytest.raises(ValueError, match="compile tuning"):
+        apply_compile_tuning("max")
+    with pytest.raises(ValueError, match="compile_tuning"):
+        ModelConfig(compile_tuning="max")

@@ -22,6 +22,8 @@ Variants (each kept only if it runs here):
   fp8static       fp8 linear layers, per-tensor scales, input scale calibrated once (first call)
   fp8delayed      fp8 linear layers, per-tensor scales from the amax of earlier calls
   fastacc         with an fp8 variant: cuBLAS fast accumulation in the fp8 matmuls
+  cdt             with compile: inductor's coordinate-descent tuning of the kernels it writes
+                  (`compile_tuning = "coordinate-descent"`)
 Variants combine with "+", e.g. fp8static+sage+compile. The static/delayed calibration call uses
 other latents and another timestep than the timed inputs, so their error is not flattered.
 Run: python -m wan22bot.bench.levers --frames 25,81 --json out.json
@@ -221,6 +223,9 @@ def main(argv=None) -> int:
             if auto_choice.backend != "sdpa":
                 install_core(model, core_for(auto_choice.backend))
         if "compile" in parts:
+            from ..engine.compile_tuning import apply_compile_tuning
+
+            apply_compile_tuning("coordinate-descent" if "cdt" in parts else "default")
             model.compile_repeated_blocks(fullgraph=True)
         if fp8_kind in ("static", "delayed"):
             for m in model.modules():

@@ -184,7 +184,8 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "model": gen.components.description if gen.components else cfg.model.kind,
         "settings": {"weights": gen.weights, "fp8_scaling": cfg.model.fp8_scaling,
-                     "fp8_fast_accum": cfg.model.fp8_fast_accum, "memory": gen.memory_mode,
+                     "fp8_fast_accum": cfg.model.fp8_fast_accum, "compile_tuning": cfg.model.compile_tuning,
+                     "memory": gen.memory_mode,
                      "attention_high": cfg.model.attention_high, "attention_low": cfg.model.attention_low,
                      "attention_chosen": {k: {"backend": c.backend, "self_check_error": c.self_check_error}
                                           for k, c in gen.attention.items()},

@@ -245,6 +245,9 @@ class TwoPassGenerator:
         if self.compile:
             from torch import _dynamo
 
+            from .compile_tuning import apply_compile_tuning
+
+            apply_compile_tuning(self.cfg.compile_tuning)
             # 25/49/81/161 frames each compile once; keep them all.
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             comps.transformer.compile_repeated_blocks(fullgraph=True)
