@@ -17,6 +17,7 @@
 #   benchmarks/h200.sh round5    the default path at 81 and 25 frames against inductor's coordinate-descent
 #                                tuning and per-warp sage-fused; ~6 min (then coldstart81: ~3 min)
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
+#   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
 #                                stock / sage-warp / sage-fused per thread / per warp / + fp8 fast accumulation
 #                                (fp8 static, compiled) at 81 and 25 frames; ~7 min
@@ -60,6 +61,15 @@ step_e2e() {
 
 step_swap32() {
     random_rife
+    python3 -m wan22bot bench -c benchmarks/swap32.toml --random-weights --frames 81 --repeat 1 --interpolate \
+        --memory-cap-gib 32 --json "$OUT/e2e-swap32.json"
+}
+
+# the 32 GiB cap with memory = "auto" (issue: measure `auto` under the cap), then swap as before
+step_cap32() {
+    random_rife
+    python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 --repeat 1 --interpolate \
+        --memory-cap-gib 32 --json "$OUT/e2e-auto32.json"
     python3 -m wan22bot bench -c benchmarks/swap32.toml --random-weights --frames 81 --repeat 1 --interpolate \
         --memory-cap-gib 32 --json "$OUT/e2e-swap32.json"
 }

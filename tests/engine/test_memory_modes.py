@@ -106,3 +106,19 @@ def test_pinned_swap_keeps_state_a_layer_wrote_while_on_the_device():
     sw.load()
     assert torch.equal(layer.amax_history, calibrated)
     assert torch.equal(model(x), first)
+
+
+def test_auto_sees_a_per_process_cap_as_a_smaller_card():
+    """`bench --memory-cap-gib 32` on a 141 GiB H200: the driver says ~140 GiB free, but the process
+    may only hold 32; `auto` must choose as it would on a 32 GB card, not resident (which overflows)."""
+    from wan22bot.engine.memory import usable_free
+
+    total = 141 * GiB
+    assert usable_free(140 * GiB, total, 1.0, 0) == 140 * GiB  # no cap: the driver's figure
+    capped = usable_free(140 * GiB, total, 32 * GiB / total, 2 * GiB)
+    assert capped == 30 * GiB  # the cap minus what this process's allocator already holds
+    experts, text, work = 14 * GiB, 11 * GiB, 8 * GiB
+    assert choose_mode("auto", 140 * GiB, 0, experts, text, work) == "resident"
+    assert choose_mode("auto", capped, 0, experts, text, work) == "swap"
+    assert usable_free(3 * GiB, total, 32 * GiB / total, 0) == 3 * GiB  # other processes took the rest
+    assert usable_free(140 * GiB, total, 0.1, 20 * GiB) == 0  # already past the cap

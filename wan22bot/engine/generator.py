@@ -152,7 +152,7 @@ class TwoPassGenerator:
 
         from .attention import apply_attention_backend
         from .fp8_linear import convert_to_fp8
-        from .memory import PinnedSwap, activation_bytes, choose_mode, module_bytes
+        from .memory import PinnedSwap, activation_bytes, choose_mode, device_free_bytes, module_bytes
 
         t0 = time.perf_counter()
         comps = (self.components_factory or load_components)(self.cfg, self.device, self.dtype)
@@ -178,7 +178,7 @@ class TwoPassGenerator:
                       else A14B_TEXT_BYTES)
         if self.weights == "fp8":
             expert_bytes //= 2
-        free = torch.cuda.mem_get_info(self.device)[0] if cuda else 1 << 62
+        free = device_free_bytes(self.device) if cuda else 1 << 62
         work = activation_bytes(comps.default_width, comps.default_height, comps.default_frames)
         # On a CPU there is nothing to save, but an explicit mode still runs its code path (tests).
         self.memory_mode = (choose_mode(self.cfg.memory, free, self.cfg.reserve_vram_gb, expert_bytes, text_bytes, work)

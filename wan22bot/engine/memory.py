@@ -36,6 +36,22 @@ def activation_bytes(width: int, height: int, frames: int) -> int:
     return max(dit, vae)
 
 
+def usable_free(free: int, total: int, fraction: float, reserved: int) -> int:
+    """What this process may still allocate: the device's free memory, or less when the process is
+    capped (`torch.cuda.set_per_process_memory_fraction`, as `wan22bot bench --memory-cap-gib`
+    does to stand in for a smaller card): the cap minus what its allocator already holds."""
+    if fraction >= 1.0:
+        return free
+    return max(0, min(free, int(fraction * total) - reserved))
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """usable_free for a CUDA device, read from the driver and this process's allocator."""
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    return usable_free(free, total, fraction, torch.cuda.memory_reserved(device))
+
+
 def choose_mode(requested: str, free_bytes: int, reserve_gb: float, experts: int, text_encoder: int,
                 work: int) -> str:
     if requested != "auto":
