@@ -1,7 +1,8 @@
 """Worker side of handing a result back: PUT /api/jobs/{id}/result on the front, until it has it.
 
 A result is the point of minutes of GPU time, so a front that is restarting, overloaded or briefly
-unreachable is waited for (backoff from 1 s up to 30 s between tries) rather than the job lost;
+unreachable is waited for (backoff from 1 s up to 30 s between tries; longer when a 408, 429 or 5xx
+carries a Retry-After, in seconds or as a date, but never more than 30 s) rather than the job lost;
 the stream entry is only acknowledged once this returns. A wrong or missing token is a setting a
 person has to fix: those tries go on too, with an error logged once a minute naming the setting.
 Only answers that no retry can change end it: 2xx (stored, or already stored by a duplicate),
@@ -21,6 +22,8 @@ import logging
 import os
 import time
 from contextlib import ExitStack
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiohttp
@@ -191,7 +194,18 @@ def _accepted(body: bytes) -> Accepted:
 
 
 def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
+    """Retry-After as seconds to wait: a number of seconds, or an HTTP date (the form a proxy in front
+    of the front may send); 0 for anything else, which leaves the wait to the backoff."""
+    if not value:
         return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # HTTP dates are always GMT; "-0000" parses without a zone
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
