@@ -16,6 +16,8 @@ housekeeper talk to it as to `Worker`), and does four things:
   reads it); an entry no worker has taken yet is withdrawn and the job cancelled here.
 - reconcile at start: a job the journal has out on the stream (running, claimed by "redis") whose
   entry is gone (a Redis that lost its data) is queued again and dispatched again in its turn.
+  Consumers of workers gone for good (renamed, replaced, retired) are forgotten then, and hourly
+  while the front runs: see `_forget_idle_consumers`.
 
 Results never pass through here: workers PUT them to the front (`accept_result` settles the job,
 whose final event this dispatcher also hears).
@@ -93,6 +95,43 @@ return out
 EXISTS_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 LOST_CHECK_POLLS = 20  # while an entry waits: every this many polls (~5 s), check it is still there
 
+# Delete consumer ARGV[2] of group ARGV[1] on stream KEYS[1] only if, at this instant, it holds no
+# pending entry, has been idle at least ARGV[3] ms, and its worker hash KEYS[2] does not exist.
+# Checked again here, atomically, because the listing the candidates come from is already old: an
+# entry read in between would otherwise be dropped from the pending list with its consumer, and
+# nobody could take it over. 1 = deleted, 0 = kept.
+FORGET_CONSUMER_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] end
+    if c[i] == 'pending' then pending = c[i + 1] end
+    if c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name == ARGV[2] then
+    if pending == 0 and idle ~= nil and idle >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
+# A consumer is forgotten once idle this many claim timeouts, and never sooner than the minimum: a
+# live worker reads (and so resets its idle time) every second, and one that is merely down for a
+# while (a reboot, a driver update) keeps its name; nothing is lost either way, as a consumer with
+# an entry is never deleted and a worker that comes back is a consumer again at its first read.
+CONSUMER_IDLE_CLAIM_TIMEOUTS = 10.0
+CONSUMER_IDLE_MIN_SECONDS = 3600.0
+CONSUMER_SWEEP_SECONDS = 3600.0  # how often a running front looks, besides at each reconcile
+
+
+def consumer_idle_bound(cfg: Config) -> float:
+    """Seconds a consumer must have been idle before the dispatcher may forget it."""
+    return max(CONSUMER_IDLE_CLAIM_TIMEOUTS * cfg.queue.claim_timeout_seconds, CONSUMER_IDLE_MIN_SECONDS)
+
 
 def _sid(entry: str) -> tuple[int, int]:
     ms, _, seq = entry.partition("-")
@@ -137,6 +176,8 @@ class Dispatcher:
         self._withdraw = None
         self._entries = None
         self._exists_script = None
+        self._forget_consumer = None
+        self._consumers_swept = 0.0  # monotonic time of the last look for consumers to forget
 
     # ------------------------------------------------------------------ what the daemon asks
     @property
@@ -202,6 +243,7 @@ class Dispatcher:
         self._withdraw = self.redis.register_script(WITHDRAW_LUA)
         self._entries = self.redis.register_script(ENTRIES_LUA)
         self._exists_script = self.redis.register_script(EXISTS_LUA)
+        self._forget_consumer = self.redis.register_script(FORGET_CONSUMER_LUA)
         await self._forever("reconcile", self._reconcile, once=True)
         log.info("dispatcher: jobs go to the workers on %s (%s)", shown_url(self.cfg.queue.url), self.keys.stream)
         self.ready.set()
@@ -304,6 +346,39 @@ class Dispatcher:
         if out:
             log.info("dispatcher: %d jobs out on the stream (%d with a worker), as Redis and the journal agree",
                      len(self._out), sum(1 for o in self._out.values() if o.worker))
+        await self._forget_idle_consumers()
+
+    async def _forget_idle_consumers(self) -> None:
+        """XGROUP DELCONSUMER for consumers of workers gone for good, which would otherwise stay in
+        XINFO CONSUMERS for ever (every name a worker ever had: renamed, replaced, moved to another
+        state folder). Only one with no pending entry (deleting it would drop its claim, and with it
+        the takeover that reruns the job), idle longer than `consumer_idle_bound`, and no live
+        `P:worker:{name}` hash. Tidying only: a failure other than Redis being away is logged and
+        dispatching goes on."""
+        import redis.exceptions as rex
+
+        self._consumers_swept = time.monotonic()
+        r, k = self.redis, self.keys
+        bound_ms = int(consumer_idle_bound(self.cfg) * 1000)
+        try:
+            listed = await r.xinfo_consumers(k.stream, k.group)
+            for c in listed:
+                name = text(c.get("name"))
+                if not name or int(c.get("pending") or 0) or int(c.get("idle") or 0) < bound_ms:
+                    continue
+                if await self._forget_consumer(keys=[k.stream, k.worker(name)], args=[k.group, name, bound_ms]):
+                    log.info("dispatcher: consumer %s forgotten (no entry pending, idle %.1f h, no live worker of "
+                             "that name)", name, int(c.get("idle") or 0) / 3.6e6)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return  # the stream is gone (a Redis that lost its data): the next reconcile makes it again
+            if is_nogroup(exc):
+                raise  # as for every loop: the group is made again and the jobs that were out looked for
+            log.exception("dispatcher: looking for consumers to forget failed; they stay until the next look")
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("dispatcher: looking for consumers to forget failed; they stay until the next look")
 
     async def _last_delivered(self) -> str | None:
         """The id of the last entry the group handed to a worker; None when the stream or the group
@@ -559,6 +634,8 @@ class Dispatcher:
                 if h:
                     found.append(_worker_state(text(key).rsplit(":", 1)[-1], h))
             self._workers = sorted(found, key=lambda s: s["name"])
+            if time.monotonic() - self._consumers_swept >= CONSUMER_SWEEP_SECONDS:
+                await self._forget_idle_consumers()  # a front runs for months between restarts
             await asyncio.sleep(self.cfg.queue.heartbeat_seconds)
 
 
