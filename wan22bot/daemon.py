@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import Config, load_config
 from .credentials import adopt_http_token_credential
 from .errors import ConfigError
-from .lifecycle import until_stopped
+from .lifecycle import StopRequest, until_stopped
 from .notify import Notifier
 from .queue import JobQueue
 from .statedir import StateLock, check_writable
@@ -44,9 +44,9 @@ class Daemon:
         self.sources: list = []
         self.scheduler = None
         self.lock = StateLock(cfg.paths.state, "daemon")
-        self._stop = asyncio.Event()
+        self.stopper = StopRequest(self.notifier, log, "no new jobs; the running job is checkpointed")
+        self._stop = self.stopper.event
         self._watchdog_ok = True
-        self._stopping_sent = False
         self.abandon_gpu = False  # the process must not wait for the GPU thread (a load, or a stuck call)
 
     def build_sources(self) -> list:
@@ -99,7 +99,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self._send_stopping)  # last out: whatever happened, systemd hears it
+            stack.callback(self.stopper.send_stopping)  # last out: whatever happened, systemd hears it
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig)
                 stack.callback(loop.remove_signal_handler, sig)
@@ -200,16 +200,7 @@ class Daemon:
             log.exception("stopping %s failed", s.name)
 
     def request_stop(self, sig: int | None = None) -> None:
-        if not self._stop.is_set():
-            log.info("stopping (%s): no new jobs; the running job is checkpointed",
-                     signal.Signals(sig).name if sig else "request")
-            self._send_stopping()
-            self._stop.set()
-
-    def _send_stopping(self) -> None:
-        if not self._stopping_sent:  # once: a signal sends it early, the unwinding otherwise
-            self._stopping_sent = True
-            self.notifier.stopping()
+        self.stopper.request(sig)
 
     def reload(self) -> None:
         if self.config_path is None:

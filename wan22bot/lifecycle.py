@@ -4,7 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .notify import Notifier
+
+
+class StopRequest:
+    """The stop of a role: asked for by SIGTERM/SIGINT (or code) with `request`, acted on by the
+    role awaiting `event`. systemd hears STOPPING=1 once: at the request, so `systemctl status`
+    says so while the running job checkpoints, or, when nothing asked (a start that failed), as the
+    role unwinds (`send_stopping`, registered first on its exit stack so it runs last).
+
+    `logger` and `what` keep each role's own log line: "stopping (SIGTERM): <what>"."""
+
+    def __init__(self, notifier: Notifier, logger: logging.Logger, what: str):
+        self.notifier = notifier
+        self.log = logger
+        self.what = what
+        self.event = asyncio.Event()
+        self._sent = False
+
+    def request(self, sig: int | None = None) -> None:
+        if not self.event.is_set():
+            self.log.info("stopping (%s): %s", signal.Signals(sig).name if sig else "request", self.what)
+            self.send_stopping()
+            self.event.set()
+
+    def send_stopping(self) -> None:
+        if not self._sent:  # once: a signal sends it early, the unwinding otherwise
+            self._sent = True
+            self.notifier.stopping()
 
 
 async def until_stopped(coro: Awaitable, stop: asyncio.Event, *, settle_seconds: float = 0.0) -> bool:

@@ -29,7 +29,7 @@ from .config import Config
 from .credentials import adopt_http_token_credential
 from .errors import ConfigError
 from .fsutil import remove_files
-from .lifecycle import until_stopped
+from .lifecycle import StopRequest, until_stopped
 from .notify import Notifier
 from .queue.redis_conn import shown_url
 from .statedir import StateLock, check_writable
@@ -167,8 +167,8 @@ class WorkerRole:
         self.worker = None
         self.remote = None
         self.beacon: Beacon | None = None
-        self._stop = asyncio.Event()
-        self._stopping_sent = False
+        self.stopper = StopRequest(self.notifier, log, "no new jobs; the running job is checkpointed and handed back")
+        self._stop = self.stopper.event
         self._watchdog_ok = True
         self._last_status = ""
         self.abandon_gpu = False
@@ -191,7 +191,7 @@ class WorkerRole:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self._send_stopping)
+            stack.callback(self.stopper.send_stopping)  # last out: whatever happened, systemd hears it
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig)
                 stack.callback(loop.remove_signal_handler, sig)
@@ -283,16 +283,7 @@ class WorkerRole:
         await self.worker.stop(wait_for_gpu=not self.abandon_gpu)
 
     def request_stop(self, sig: int | None = None) -> None:
-        if not self._stop.is_set():
-            log.info("stopping (%s): no new jobs; the running job is checkpointed and handed back",
-                     signal.Signals(sig).name if sig else "request")
-            self._send_stopping()
-            self._stop.set()
-
-    def _send_stopping(self) -> None:
-        if not self._stopping_sent:
-            self._stopping_sent = True
-            self.notifier.stopping()
+        self.stopper.request(sig)
 
     def _status_text(self) -> str:
         job = self.worker.current if self.worker is not None else None
