@@ -1,15 +1,17 @@
 """SageAttention 2's Hopper kernel fed by our own quantisation, inside the compiled graph
 (`attention = "sage-fused"`).
 
-`sage-warp` hands bf16 Q, K, V to SageAttention, which then quantises them in five separate passes
-over memory (the K mean, Q/K to int8, V padded with `torch.cat`, V transposed and permuted, V to
-fp8). At 81 frames those passes and the RMSNorm + RoPE kernel before them came to about 0.37 s of
-a 9.1 s forward on an H200. Here the same quantisation is written as torch operations in the
-attention processor, so `torch.compile` fuses it with the RMSNorm, the RoPE and the projections'
-epilogues, and only the attention kernel itself is called as an opaque op.
+`sage` and `sage-warp` hand bf16 Q, K, V to SageAttention, which then quantises them in separate
+passes over memory (the K mean, Q/K to int8, V padded with `torch.cat`, V transposed and permuted,
+V to fp8). In an 81-frame forward on an H200 (9.23 s, docs/perf/2026-11-29-h200-profile81.json)
+those kernels took 0.302 s, besides the RMSNorm + RoPE kernel before them (0.138 s). Here the same
+quantisation is written as torch operations in the attention processor, so `torch.compile` fuses it
+with the RMSNorm, the RoPE and the projections' epilogues, and only the attention kernel itself is
+called as an opaque op.
 
 The formats are the sm90 kernel's (`qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf`, NHD layout,
-per-warp granularity), read from SageAttention's quantisers and the kernel's shape checks:
+per-thread or per-warp granularity), read from SageAttention's quantisers and the kernel's shape
+checks:
 
 - Q: int8, scale = max(amax, 1e-7) / 127, q8 = round-half-even(q * (127 / max(amax, 1e-7))) over
   each group of rows of a head. Per thread (the default): within each 16 rows, rows t and t + 8
