@@ -99,10 +99,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self.stopper.send_stopping)  # last out: whatever happened, systemd hears it
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop, sig)
-                stack.callback(loop.remove_signal_handler, sig)
+            self.stopper.install(loop, stack, self.request_stop)  # STOPPING=1 last out, signals handled
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 

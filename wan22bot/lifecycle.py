@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +33,15 @@ class StopRequest:
             self.log.info("stopping (%s): %s", signal.Signals(sig).name if sig else "request", self.what)
             self.send_stopping()
             self.event.set()
+
+    def install(self, loop: asyncio.AbstractEventLoop, stack: contextlib.AsyncExitStack,
+                on_signal: Callable[[int], None] | None = None) -> None:
+        """At the top of a role's exit stack: STOPPING=1 goes out last whatever happens, and
+        SIGTERM/SIGINT call `on_signal` (default: `request`) until the stack unwinds."""
+        stack.callback(self.send_stopping)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal or self.request, sig)
+            stack.callback(loop.remove_signal_handler, sig)
 
     def send_stopping(self) -> None:
         if not self._sent:  # once: a signal sends it early, the unwinding otherwise

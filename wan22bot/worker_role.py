@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -191,10 +190,7 @@ class WorkerRole:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self.stopper.send_stopping)  # last out: whatever happened, systemd hears it
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop, sig)
-                stack.callback(loop.remove_signal_handler, sig)
+            self.stopper.install(loop, stack, self.request_stop)  # STOPPING=1 last out, signals handled
 
             self._preflight()  # a second worker on this state folder stops here (exit 11)
             stack.callback(self.lock.release)

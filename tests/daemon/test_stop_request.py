@@ -3,7 +3,10 @@ systemd once, whether a signal asks first or the role unwinds without one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 import pytest
@@ -78,3 +81,23 @@ async def test_both_roles_stop_through_it_with_their_own_words(tmp_path, caplog,
     assert r._stop.is_set() and r._stop is r.stopper.event  # what run() waits on
     assert notes.stopping_sent == 1
     assert lines(caplog, logger) == [f"stopping (SIGTERM): {what}"]
+
+
+async def test_install_handles_the_signals_and_sends_stopping_last_when_nothing_asked():
+    sig_mod = signal
+    sent = []
+
+    class Notifier:
+        def stopping(self):
+            sent.append("STOPPING")
+
+    got = []
+    stop = StopRequest(Notifier(), logging.getLogger("t"), "test")
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        stop.install(loop, stack, lambda s: got.append(s))
+        os.kill(os.getpid(), sig_mod.SIGTERM)
+        await asyncio.sleep(0.05)
+        assert got == [sig_mod.SIGTERM] and sent == []  # the role's handler, not yet STOPPING
+    assert sent == ["STOPPING"]  # the stack unwound: sent once, last
+    assert not loop.remove_signal_handler(sig_mod.SIGTERM)  # the handler is gone with the stack
