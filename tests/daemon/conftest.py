@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,12 +13,13 @@ from pathlib import Path
 
 import pytest
 from tests.ports import free_port
+from tests.procs import ProcHandle
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "examples" / "photo.jpg"
 
 
-class DaemonProc:
+class DaemonProc(ProcHandle):
     def __init__(self, root: Path, extra: str = "", frames: int = 5):
         self.root = root
         self.port = free_port()
@@ -97,20 +97,6 @@ max_attempts = 3
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}; log:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._logf.close()
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self._logf.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.conftest import PHOTO, DaemonProc, daemon_factory  # noqa: F401 (a SQLite daemon, for test_roles)
+from tests.procs import ProcHandle
 from tests.redis_server import RedisServer
 from tests.systemd.notifysock import NotifySocket
 from wan22bot.credentials import HTTP_TOKEN_CREDENTIAL
@@ -116,7 +116,7 @@ class Front(DaemonProc):
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
-class WorkerProc:
+class WorkerProc(ProcHandle):
     def __init__(self, root: Path, name: str, front: Front, redis_url: str, *, prefix: str = "wan22bot"):
         self.root = root
         self.name = name
@@ -169,24 +169,6 @@ class WorkerProc:
         """Ids of the jobs this worker started (its log's "job ID: started" lines), in order."""
         return re.findall(r"job ([0-9a-f]+): started", self.text())
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._logf.close()
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self._logf.close()
 
 
 def wait_until(pred, timeout: float, what: str, *logs):
