@@ -99,3 +99,12 @@ def test_fast_accumulation_reaches_the_fp8_matmul(monkeypatch):
                 layer.weight_scale = layer.weight_scale.expand(1, 32)
             layer(torch.randn(4, 16))
         assert calls[-2:] == [fast, fast]
+
+
+def test_the_generator_hands_fp8_fast_accum_to_its_fp8_layers():
+    for fast in (True, False):
+        g = TwoPassGenerator(ModelConfig(weights="fp8", fp8_fast_accum=fast))
+        g.load()
+        layers = [m for key in ("transformer", "transformer_2") for m in getattr(g.components, key).modules()
+                  if isinstance(m, FP8Linear)]
+        assert layers and all(m.fast_accum is fast for m in layers)
