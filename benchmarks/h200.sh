@@ -16,6 +16,8 @@
 #   benchmarks/h200.sh profile81 one 81-frame forward of the default path under torch.profiler; ~2 min
 #   benchmarks/h200.sh round5    the default path at 81 and 25 frames against inductor's coordinate-descent
 #                                tuning and per-warp sage-fused; ~6 min (then coldstart81: ~3 min)
+#   benchmarks/h200.sh round6    sage-fused's Q/K prep alone, compiled vs Triton (bench.qk_prep), then the default
+#                                path at 81 and 25 frames with the Triton prep / coordinate-descent / both; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -156,6 +158,16 @@ step_round5() {
     v="$v,fp8static+fastacc+sagefusedwarp+compile"
     python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
         --variants "${ROUND5:-$v}" --large-variants "${ROUND5:-$v}" --json "$OUT/levers-round5.json"
+}
+
+# sage-fused's Q/K preparation alone (compiled against the Triton kernels of engine/qk_prep.py), then
+# the default path against it with the Triton prep, coordinate-descent tuning and both; ~9 min
+step_round6() {
+    python3 -m wan22bot.bench.qk_prep --frames 81 --json "$OUT/qk-prep81.json"
+    local d="fp8static+fastacc+sagefused+compile"
+    local v="stock,$d,$d+qkprep,$d+cdt,$d+qkprep+cdt"
+    python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
+        --variants "${ROUND6:-$v}" --large-variants "${ROUND6:-$v}" --json "$OUT/levers-round6.json"
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second

@@ -14,6 +14,10 @@ import os
 import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton kernels (engine/qk_prep.py) run under Triton's interpreter on a machine without a GPU; the
+# setting is read when a kernel is defined, so before anything imports them.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

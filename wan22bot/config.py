@@ -101,6 +101,10 @@ class ModelConfig(_Section):
     # inductor's tuning of the kernels it writes for the compiled blocks (engine/compile_tuning.py):
     # "coordinate-descent" searches block sizes per kernel at compile time. Opt-in: not measured yet.
     compile_tuning: Literal["default", "coordinate-descent"] = "default"
+    # How sage-fused's Q and K get their RMSNorm, RoPE and int8 step (engine/qk_prep.py): "compiled"
+    # leaves them to torch.compile; "triton" runs our two Triton kernels; "auto" = triton where
+    # sage-fused runs and Triton imports, compiled elsewhere.
+    qk_prep: Literal["auto", "triton", "compiled"] = "compiled"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
     # The image encode skips the encoder layers that have settled on the black frames after the

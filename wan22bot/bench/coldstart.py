@@ -42,6 +42,11 @@ def main(argv=None) -> int:
     model = random_expert(dev, torch.bfloat16, seed=1)
     convert_to_fp8(model, scaling=args.fp8_scaling, fast_accum=ModelConfig().fp8_fast_accum)
     choice = apply_attention_backend(model, "auto", dev, compiled=True)
+    from ..engine import qk_prep
+
+    prep, prep_why = qk_prep.wanted(ModelConfig().qk_prep, choice.backend, dev)
+    if prep:
+        qk_prep.install(model)
     model.compile_repeated_blocks(fullgraph=True)
     inputs = make_inputs(args.frames, dev)
     calibration = None
@@ -61,6 +66,7 @@ def main(argv=None) -> int:
     torch.cuda.synchronize()
     second = time.perf_counter() - t0
     result = {"card": torch.cuda.get_device_name(dev), "frames": args.frames, "attention": choice.describe(),
+              "qk_prep": "triton" if prep else f"compiled ({prep_why})",
               "fp8_scaling": args.fp8_scaling, "cache_files_before": before,
               "cache_files_after": sum(1 for p in cache.rglob("*") if p.is_file()),
               "calibration_call_s": calibration, "first_call_s": first, "second_call_s": second,

@@ -22,6 +22,7 @@ Variants (each kept only if it runs here):
   fp8static       fp8 linear layers, per-tensor scales, input scale calibrated once (first call)
   fp8delayed      fp8 linear layers, per-tensor scales from the amax of earlier calls
   fastacc         with an fp8 variant: cuBLAS fast accumulation in the fp8 matmuls
+  qkprep          with sagefused: Q/K norm, RoPE and int8 in our Triton kernels (`qk_prep = "triton"`)
   cdt             with compile: inductor's coordinate-descent tuning of the kernels it writes
                   (`compile_tuning = "coordinate-descent"`)
 Variants combine with "+", e.g. fp8static+sage+compile. The static/delayed calibration call uses
@@ -208,6 +209,10 @@ def main(argv=None) -> int:
             from ..engine.sage_prequant import sage_fused_warp_core
 
             install_core(model, sage_fused_warp_core)
+        if "qkprep" in parts:
+            from ..engine import qk_prep
+
+            qk_prep.install(model, per_thread="sagefusedwarp" not in parts)
         if "sagewarp" in parts and "sage_warp" not in results:
             import sageattention  # type: ignore[import-not-found]
 

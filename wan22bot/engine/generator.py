@@ -231,6 +231,13 @@ class TwoPassGenerator:
                                       choice=high if self.cfg.attention_high == "auto" else None,
                                       compiled=self.compile)
         self.attention = {"high": high, "low": low}
+        from . import qk_prep
+
+        for key, choice in (("transformer", high), ("transformer_2", low)):
+            use, why = qk_prep.wanted(self.cfg.qk_prep, choice.backend, self.device)
+            if use:
+                qk_prep.install(getattr(comps, key))
+            log.info("%s: Q/K prep %s (%s)", key, "triton" if use else "compiled", why)
         log.info("attention: high-noise expert %s; low-noise expert %s", high.describe(), low.describe())
         self.pipe = WanImageToVideoPipeline(
             tokenizer=comps.tokenizer,

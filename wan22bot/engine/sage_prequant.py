@@ -82,15 +82,17 @@ def quantize_q(q: torch.Tensor, per_thread: bool = False) -> tuple[torch.Tensor,
     return _int8(x, (WARP_Q,), reduce=(0,))
 
 
-def quantize_k(k: torch.Tensor, per_thread: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_k(k: torch.Tensor, per_thread: bool = False,
+               mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 (B, S, H, D) -> int8 (B, ceil(S/128)*128, H, D), fp32 scales, and the subtracted mean
-    (B, 1, H, D) in k's dtype. Padding rows are zeros after the subtraction.
+    (B, 1, H, D) in k's dtype (taken here unless `mean` gives it). Padding rows are zeros after the
+    subtraction.
 
     per block: one scale per 128 rows, (B, H, ceil(S/128)).
     per thread: within each 128 rows, one scale per t < 4 over the rows r with r % 8 in {2t, 2t+1},
     (B, H, ceil(S/128)*4).
     """
-    km = k.mean(dim=1, keepdim=True)
+    km = k.mean(dim=1, keepdim=True) if mean is None else mean
     x = _pad_seq(k.float() - km.float(), CTA_K)
     if per_thread:
         q, scale = _int8(x, (16, 4, 2), reduce=(0, 2))  # row 128j + 8m + 2t + u -> scale 4j + t

@@ -1,0 +1,142 @@
+"""`qk_prep = "triton"`: sage-fused's Q and K prepared by our Triton kernels (engine/qk_prep.py).
+
+Without a GPU the kernels run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET),
+so these check their arithmetic and memory layout, not their speed: against the torch path that the
+compiled blocks run (RMSNorm -> interleaved RoPE -> sage_prequant's quantisers).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton", reason="the Triton kernels need triton (installed with the test extra)")
+
+from diffusers.models.transformers.transformer_wan import WanAttention, WanRotaryPosEmbed  # noqa: E402
+
+from wan22bot.engine import qk_prep, sage_prequant  # noqa: E402
+from wan22bot.engine.custom_attention import CoreAttnProcessor, rotary, sdpa_core  # noqa: E402
+from wan22bot.engine.sage_prequant import quantize_k, quantize_q  # noqa: E402
+from wan22bot.errors import ModelError  # noqa: E402
+
+HEADS = 3
+
+
+def _inputs(frames=2, h=10, w=14, seed=0):
+    """A q/k projection output with channel outliers, the RMSNorm, and Wan's rotary tables for a
+    (frames, h/2, w/2) token grid: 70 tokens by default, not a multiple of any tile."""
+    g = torch.Generator().manual_seed(seed)
+    c = HEADS * 128
+    cos, sin = WanRotaryPosEmbed(128, (1, 2, 2), 1024)(torch.zeros(1, 16, frames, h, w))
+    s = cos.shape[1]
+    x = (torch.randn(1, s, c, generator=g) * (1 + 3 * torch.rand(c, generator=g)) + 0.5).to(torch.bfloat16)
+    norm = torch.nn.RMSNorm(c, eps=1e-6)
+    norm.weight.data = 1 + 0.3 * torch.randn(c, generator=g)
+    return x, norm.to(torch.bfloat16), cos, sin
+
+
+@torch.no_grad()
+def _reference(x, norm, cos, sin):
+    return rotary(norm(x).unflatten(2, (HEADS, -1)), cos, sin)
+
+
+@pytest.mark.parametrize("per_thread", [True, False])
+def test_q_matches_the_compiled_paths_quantisation(per_thread):
+    x, norm, cos, sin = _inputs()
+    q8, qs = qk_prep.q_int8(x, norm.weight, 1e-6, cos, sin, HEADS, per_thread)
+    r8, rs = quantize_q(_reference(x, norm, cos, sin), per_thread)
+    assert q8.shape == r8.shape == (1, 128, HEADS, 128) and q8.dtype == torch.int8
+    assert qs.shape == rs.shape
+    torch.testing.assert_close(qs, rs, rtol=1e-6, atol=0)
+    diff = (q8.int() - r8.int()).abs()
+    # fp32 products that land within an ulp of a .5 tie may round either way; nothing else differs
+    assert int(diff.max()) <= 1
+    assert float((diff > 0).float().mean()) < 1e-3
+    assert not q8[:, 70:].any(), "the rows padding Q to 64 must be zeros"
+
+
+def test_q_scales_group_the_rows_the_kernel_expects():
+    # one huge value in row 9 of head 1 (after the norm, nearly all of that row's weight sits in it):
+    # per thread it raises the scale shared by rows 1 and 9, and no other
+    x, norm, cos, sin = _inputs()
+    x[0, 9, 128 + 5] = 2000.0
+    _, qs = qk_prep.q_int8(x, norm.weight, 1e-6, cos, sin, HEADS, True)
+    top2 = qs[0, 1].topk(2)
+    assert top2.indices[0].item() == sage_prequant.scale_index(16, "q", True)[9].item() == 1
+    assert top2.values[0] > 2 * top2.values[1]
+
+
+def test_k_is_normed_and_rotated_exactly_and_its_mean_is_the_sequence_mean():
+    x, norm, cos, sin = _inputs()
+    kr, km = qk_prep.k_roped(x, norm.weight, 1e-6, cos, sin, HEADS)
+    ref = _reference(x, norm, cos, sin)
+    assert kr.dtype == torch.bfloat16 and kr.shape == ref.shape
+    assert torch.equal(kr, ref)
+    assert torch.equal(km, ref.mean(dim=1, keepdim=True))
+    # the smoothing mean handed over gives the same int8 K as quantize_k taking it itself
+    a = quantize_k(kr, True, mean=km)
+    b = quantize_k(ref, True)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_k_mean_covers_every_block_of_rows():
+    # 3 frames of 5x7: 105 tokens, two K programs (64 rows each), the second partly masked
+    x, norm, cos, sin = _inputs(frames=3)
+    assert x.shape[1] == 105
+    _, km = qk_prep.k_roped(x, norm.weight, 1e-6, cos, sin, HEADS)
+    ref = _reference(x, norm, cos, sin).float().mean(dim=1, keepdim=True)
+    torch.testing.assert_close(km.float(), ref, rtol=1e-2, atol=1e-2)
+    head = _reference(x[:, :64], norm, cos[:, :64], sin[:, :64]).float().mean(dim=1, keepdim=True)
+    assert float((km.float() - head).abs().max()) > 0.05, "a mean over the first block only would pass"
+
+
+def _cpu_sage(q8, k8, v8, q_scale, k_scale, v_scale, seq_len, sm_scale, per_thread):
+    """What the sm90 kernel computes, on the CPU: attention over the dequantised inputs."""
+    q, k, v = sage_prequant.dequantize(q8, q_scale, k8, k_scale, v8, v_scale, seq_len, per_thread)
+    out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), scale=sm_scale)
+    return out.transpose(1, 2).to(torch.bfloat16)
+
+
+@torch.no_grad()
+def test_processor_matches_stock_attention(monkeypatch):
+    monkeypatch.setattr(sage_prequant, "sage_sm90_prequant", _cpu_sage)
+    torch.manual_seed(0)
+    attn = WanAttention(dim=HEADS * 128, heads=HEADS, dim_head=128, eps=1e-6).to(torch.bfloat16)
+    for p in attn.parameters():
+        p.data.normal_(0, 0.05)
+    attn.norm_q.weight.data.fill_(1.0)
+    attn.norm_k.weight.data.fill_(1.0)
+    x, _, cos, sin = _inputs()
+    x = x * 0.1
+    ref_proc = CoreAttnProcessor(sdpa_core)
+    ref = ref_proc(attn, x, rotary_emb=(cos, sin)).float()
+    out = qk_prep.TritonPrepSageProcessor(per_thread=True)(attn, x, rotary_emb=(cos, sin)).float()
+    err = float((out - ref).norm() / ref.norm())
+    assert err < 0.05, err
+    # the check can fail: K rotated with the wrong sign of sin is far off
+    no_rope = qk_prep.TritonPrepSageProcessor(per_thread=True)(attn, x, rotary_emb=(cos, -sin)).float()
+    assert float((no_rope - ref).norm() / ref.norm()) > 5 * err
+    # cross attention goes to the plain processor (SDPA over the text tokens)
+    ctx = torch.randn(1, 7, HEADS * 128, dtype=torch.bfloat16)
+    cross = qk_prep.TritonPrepSageProcessor()(attn, x, encoder_hidden_states=ctx)
+    assert torch.equal(cross, ref_proc(attn, x, encoder_hidden_states=ctx))
+
+
+def test_rejects_what_it_was_not_built_for():
+    x, norm, cos, sin = _inputs()
+    with pytest.raises(ValueError, match="bf16"):
+        qk_prep.q_int8(x.float(), norm.weight, 1e-6, cos, sin, HEADS, True)
+    with pytest.raises(ValueError, match="head size 128"):
+        qk_prep.k_roped(x[..., :320], norm.weight, 1e-6, cos, sin, 5)
+
+
+def test_setting():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert qk_prep.wanted("compiled", "sage-fused", cuda) == (False, "qk_prep = compiled")
+    assert qk_prep.wanted("auto", "sage-fused", cuda)[0] is True
+    use, why = qk_prep.wanted("auto", "sage-warp", cuda)
+    assert not use and "sage-warp" in why
+    assert qk_prep.wanted("auto", "sage-fused", cpu)[0] is False
+    with pytest.raises(ModelError, match="qk_prep = \"triton\" cannot run here: it needs a CUDA device"):
+        qk_prep.wanted("triton", "sage-fused", cpu)

@@ -1,0 +1,305 @@
+"""RMSNorm + RoPE + int8 for `sage-fused`'s Q, and RMSNorm + RoPE + the smoothing mean for its K,
+each in one hand-written Triton kernel (`[model] qk_prep = "triton"`).
+
+Under `sage-fused`, torch.compile turns the attention block's norm, RoPE and quantisation into
+inductor kernels; in an 81-frame forward on an H200 the RMSNorm + RoPE kernel alone took 3.1 ms per
+block (docs/perf/2026-11-29-h200-round4-profile81-sagefused-warp.json), about four times what its
+memory traffic needs. Here:
+
+- Q: each program reads 16 * ROWS_Q16 rows of the q projection twice (the sum of squares over all
+  5120 channels, then head by head), normalises, rotates the interleaved pairs, and writes int8 Q
+  and its scales straight in the kernel's layout. The bf16 Q of the compiled path is never written.
+- K: the same norm and rotation, written as bf16, plus per-program column sums from which the
+  smoothing mean is taken; subtracting it and the int8 step stay in torch code (compiled).
+
+Rounding follows the compiled path: the norm's output is rounded to bf16 (torch's RMSNorm computes
+in fp32 and rounds once), the rotation is computed in fp32 on those values and rounded to bf16
+again, and then quantised as `sage_prequant.quantize_q` does (ties to even, as torch.round).
+
+The kernels need Triton (shipped with CUDA builds of PyTorch). On a machine without a GPU they run
+under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sage_prequant import CTA_Q, WARP_Q, quantize_k
+
+
+try:  # CUDA builds of torch ship Triton; without it `available()` says why and nothing below exists
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def bf16_round(x):
+        """fp32 -> the nearest bf16 value (ties to even), kept in fp32. Written with integer ops so
+        that Triton's interpreter, whose casts truncate, rounds as the GPU does."""
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def rne(y):
+        """Round half to even for |y| < 2**22, as torch.round does: adding 1.5 * 2**23 leaves no
+        fraction bits. The launch turns off FMA contraction, so y is rounded before the add."""
+        return (y + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def row_rstd(x_ptr, rows, live, stride_xs, eps, C: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+        acc = tl.zeros([ROWS], dtype=tl.float32)
+        for c0 in range(0, C, CHUNK):
+            cols = c0 + tl.arange(0, CHUNK)
+            x = tl.load(x_ptr + rows[:, None] * stride_xs + cols[None, :], mask=live[:, None], other=0.0)
+            x = x.to(tl.float32)
+            acc += tl.sum(x * x, axis=1)
+        return tl.rsqrt(acc / C + eps)
+
+    @triton.jit
+    def head_rope(x_ptr, w_ptr, rows, live, rstd, cos, sin, stride_xs, h,
+                  D: tl.constexpr, ROWS: tl.constexpr):
+        dcols = tl.arange(0, D)
+        x = tl.load(x_ptr + rows[:, None] * stride_xs + h * D + dcols[None, :], mask=live[:, None], other=0.0)
+        w = tl.load(w_ptr + h * D + dcols).to(tl.float32)
+        n = bf16_round(x.to(tl.float32) * rstd[:, None] * w[None, :])
+        x1, x2 = tl.split(tl.reshape(n, (ROWS, D // 2, 2)))
+        return bf16_round(tl.interleave(x1 * cos - x2 * sin, x1 * sin + x2 * cos))  # fp32, bf16-exact
+
+    @triton.jit
+    def rope_tables(cos_ptr, sin_ptr, rows, live, stride_cs, D: tl.constexpr):
+        half = tl.arange(0, D // 2)
+        cos = tl.load(cos_ptr + rows[:, None] * stride_cs + 2 * half[None, :], mask=live[:, None], other=0.0)
+        sin = tl.load(sin_ptr + rows[:, None] * stride_cs + 2 * half[None, :] + 1, mask=live[:, None], other=0.0)
+        return cos.to(tl.float32), sin.to(tl.float32)
+
+    @triton.jit
+    def q_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q8_ptr, qs_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
+                 stride_ob, stride_os, n_scales, eps,
+                 HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+                 PER_THREAD: tl.constexpr):
+        blk = tl.program_id(0)
+        b = tl.program_id(1)
+        rows = blk * ROWS + tl.arange(0, ROWS)
+        live = rows < S
+        xb = x_ptr + b * stride_xb
+        rstd = row_rstd(xb, rows, live, stride_xs, eps, HEADS * D, ROWS, CHUNK)
+        cos, sin = rope_tables(cos_ptr + b * stride_cb, sin_ptr + b * stride_cb, rows, live, stride_cs, D)
+        dcols = tl.arange(0, D)
+        G: tl.constexpr = ROWS // 16
+        for h in range(HEADS):
+            r = head_rope(xb, w_ptr, rows, live, rstd, cos, sin, stride_xs, h, D, ROWS)
+            amax = tl.max(tl.abs(r), axis=1)  # (ROWS,)
+            if PER_THREAD:  # rows t and t + 8 of every 16 share a scale
+                g = tl.max(tl.reshape(amax, (G, 2, 8)), axis=1)  # (G, 8)
+                g = tl.maximum(g, 1e-7)
+                row_amax = tl.reshape(tl.broadcast_to(tl.reshape(g, (G, 1, 8)), (G, 2, 8)), (ROWS,))
+                sc = tl.reshape(g, (G * 8,)) / 127.0
+                idx = blk * G * 8 + tl.arange(0, G * 8)
+            else:  # the 16 rows of a warp share one
+                g = tl.maximum(tl.max(tl.reshape(amax, (G, 16)), axis=1), 1e-7)  # (G,)
+                row_amax = tl.reshape(tl.broadcast_to(tl.reshape(g, (G, 1)), (G, 16)), (ROWS,))
+                sc = g / 127.0
+                idx = blk * G + tl.arange(0, G)
+            q = rne(r * (127.0 / row_amax[:, None]))
+            q = tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
+            # rows past S (up to the 64-row padding) are written as zeros: their loads were masked
+            tl.store(q8_ptr + b * stride_ob + rows[:, None] * stride_os + h * D + dcols[None, :], q)
+            tl.store(qs_ptr + (b * HEADS + h) * n_scales + idx, sc)
+
+    @triton.jit
+    def k_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, sum_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
+                 stride_ob, stride_os, stride_sb, stride_sp, eps,
+                 HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+        blk = tl.program_id(0)
+        b = tl.program_id(1)
+        rows = blk * ROWS + tl.arange(0, ROWS)
+        live = rows < S
+        xb = x_ptr + b * stride_xb
+        rstd = row_rstd(xb, rows, live, stride_xs, eps, HEADS * D, ROWS, CHUNK)
+        cos, sin = rope_tables(cos_ptr + b * stride_cb, sin_ptr + b * stride_cb, rows, live, stride_cs, D)
+        dcols = tl.arange(0, D)
+        for h in range(HEADS):
+            r = head_rope(xb, w_ptr, rows, live, rstd, cos, sin, stride_xs, h, D, ROWS)
+            tl.store(out_ptr + b * stride_ob + rows[:, None] * stride_os + h * D + dcols[None, :],
+                     r.to(tl.bfloat16), mask=live[:, None])
+            # masked rows loaded as zeros and stay zeros through norm and rotation
+            tl.store(sum_ptr + b * stride_sb + blk * stride_sp + h * D + dcols, tl.sum(r, axis=0))
+
+
+def available() -> str | None:
+    """None when the Triton prep can run, else why not."""
+    return None if triton is not None else "triton is not installed (it comes with CUDA builds of PyTorch)"
+
+
+# rows per program (Q: a multiple of 16, the per-thread scale groups) and warps per program;
+# `python -m wan22bot.bench.qk_prep` times other choices
+ROWS_Q, WARPS_Q = 32, 4
+ROWS_K, WARPS_K = 64, 8
+
+
+def _chunk(channels: int) -> int:
+    """Channels per step of the sum of squares: the largest power of two up to 512 dividing them
+    (512 for Wan's 5120; the head size 128 always divides)."""
+    c = 512
+    while channels % c:
+        c //= 2
+    return c
+
+
+def _eps(norm: torch.nn.Module, dtype: torch.dtype) -> float:
+    eps = getattr(norm, "eps", None)
+    return float(torch.finfo(dtype).eps if eps is None else eps)
+
+
+def _check(x: torch.Tensor, cos: torch.Tensor, heads: int) -> tuple[int, int, int]:
+    b, s, c = x.shape
+    if c % heads or c // heads != 128:
+        raise ValueError(f"qk_prep is built for head size 128 (Wan's); got {c} channels over {heads} heads")
+    if x.stride(-1) != 1 or cos.stride(-1) != 1:
+        raise ValueError("qk_prep needs the channel axis contiguous")
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"qk_prep takes bf16 projections; got {x.dtype}")
+    return b, s, c
+
+
+def _tables(cos: torch.Tensor, sin: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 or B, S, 1, D) fp32 tables -> (1 or B, S, D) views."""
+    return cos.reshape(cos.shape[0], s, -1), sin.reshape(sin.shape[0], s, -1)
+
+
+@torch.library.custom_op("wan22bot::qk_prep_q_int8", mutates_args=())
+def q_int8(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+           per_thread: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q projection (B, S, H*D) bf16 -> int8 Q (B, ceil(S/64)*64, H, D) and fp32 scales (B, H, n), as
+    `quantize_q(rotary(norm_q(x)), per_thread)` gives them. An opaque op for torch.compile."""
+    return launch_q(x, weight, eps, cos, sin, heads, per_thread, ROWS_Q, WARPS_Q)
+
+
+def launch_q(x, weight, eps, cos, sin, heads, per_thread, rows, warps):
+    b, s, c = _check(x, cos, heads)
+    d = c // heads
+    s_pad = math.ceil(s / CTA_Q) * CTA_Q
+    if rows % 16 or s_pad % rows:
+        raise ValueError(f"Q rows per program must be a multiple of 16 dividing 64; got {rows}")
+    q8 = torch.empty(b, s_pad, heads, d, dtype=torch.int8, device=x.device)
+    qs = torch.empty(b, heads, _q_scales(s_pad, per_thread), dtype=torch.float32, device=x.device)
+    cos, sin = _tables(cos, sin, s)
+    q_kernel[(s_pad // rows, b)](
+        x, weight, cos, sin, q8, qs, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
+        cos.stride(1), q8.stride(0), q8.stride(1), qs.shape[-1], eps,
+        HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), PER_THREAD=per_thread, enable_fp_fusion=False,
+        num_warps=warps)
+    return q8, qs
+
+
+def _q_scales(s_pad: int, per_thread: bool) -> int:
+    return (s_pad // WARP_Q) * (8 if per_thread else 1)
+
+
+@q_int8.register_fake
+def _(x, weight, eps, cos, sin, heads, per_thread):
+    b, s, c = x.shape
+    s_pad = math.ceil(s / CTA_Q) * CTA_Q
+    return (x.new_empty((b, s_pad, heads, c // heads), dtype=torch.int8),
+            x.new_empty((b, heads, _q_scales(s_pad, per_thread)), dtype=torch.float32))
+
+
+@torch.library.custom_op("wan22bot::qk_prep_k_roped", mutates_args=())
+def k_roped(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+            heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k projection (B, S, H*D) bf16 -> rotary(norm_k(x)) as (B, S, H, D) bf16, and its mean over the
+    sequence (B, 1, H, D) in bf16, as `k.mean(dim=1, keepdim=True)` gives it. An opaque op."""
+    return launch_k(x, weight, eps, cos, sin, heads, ROWS_K, WARPS_K)
+
+
+def launch_k(x, weight, eps, cos, sin, heads, rows, warps):
+    b, s, c = _check(x, cos, heads)
+    d = c // heads
+    out = torch.empty(b, s, heads, d, dtype=torch.bfloat16, device=x.device)
+    blocks = math.ceil(s / rows)
+    sums = torch.empty(b, blocks, c, dtype=torch.float32, device=x.device)
+    cos, sin = _tables(cos, sin, s)
+    k_kernel[(blocks, b)](
+        x, weight, cos, sin, out, sums, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
+        cos.stride(1), out.stride(0), out.stride(1), sums.stride(0), sums.stride(1), eps,
+        HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), enable_fp_fusion=False, num_warps=warps)
+    mean = (sums.sum(dim=1) / s).to(torch.bfloat16).view(b, 1, heads, d)
+    return out, mean
+
+
+@k_roped.register_fake
+def _(x, weight, eps, cos, sin, heads):
+    b, s, c = x.shape
+    return (x.new_empty((b, s, heads, c // heads)), x.new_empty((b, 1, heads, c // heads)))
+
+
+class TritonPrepSageProcessor:
+    """The `sage-fused` self-attention with Q and K prepared by the Triton kernels above; cross
+    attention (no rotary embedding) goes through the plain processor."""
+
+    def __init__(self, per_thread: bool = True, fallback=None):
+        from .custom_attention import CoreAttnProcessor
+        from .sage_prequant import fused_core
+
+        self.per_thread = per_thread
+        self.fallback = fallback or CoreAttnProcessor(fused_core(per_thread))
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if encoder_hidden_states is not None or rotary_emb is None or attention_mask is not None:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        from .sage_prequant import quantize_v, sage_sm90_prequant
+
+        if getattr(attn, "fused_projections", False):
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        heads = attn.heads
+        cos, sin = rotary_emb
+        q8, qs = q_int8(q, attn.norm_q.weight, _eps(attn.norm_q, q.dtype), cos, sin, heads, self.per_thread)
+        kr, km = k_roped(k, attn.norm_k.weight, _eps(attn.norm_k, k.dtype), cos, sin, heads)
+        k8, ks, _ = quantize_k(kr, self.per_thread, mean=km)
+        v8, vs = quantize_v(v.unflatten(2, (heads, -1)))
+        s = hidden_states.shape[1]
+        out = sage_sm90_prequant(q8, k8, v8, qs, ks, vs, s, kr.shape[-1] ** -0.5, self.per_thread)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
+
+
+def install(model: torch.nn.Module, per_thread: bool = True) -> int:
+    """Give every attention block of `model` the Triton-prepared `sage-fused` processor."""
+    n = 0
+    for block in model.blocks:
+        for attn in (block.attn1, block.attn2):
+            attn.set_processor(TritonPrepSageProcessor(per_thread))
+            n += 1
+    return n
+
+
+
+def wanted(setting: str, backend: str, device: torch.device) -> tuple[bool, str]:
+    """`[model] qk_prep` for an expert whose attention is `backend`: (install the Triton prep?, why).
+
+    "compiled": never (torch.compile writes the kernels). "auto": when the backend is `sage-fused`
+    on a CUDA device and Triton imports. "triton": the same, but anything missing is an error.
+    """
+    if setting == "compiled":
+        return False, "qk_prep = compiled"
+    why = None
+    if backend != "sage-fused":
+        why = f"it prepares sage-fused's inputs and the attention is {backend}"
+    elif device.type != "cuda":
+        why = "it needs a CUDA device"
+    else:
+        why = available()
+    if why is None:
+        return True, "Triton kernels for Q/K norm, RoPE and int8"
+    if setting == "triton":
+        from ..errors import ModelError
+
+        raise ModelError(f"qk_prep = \"triton\" cannot run here: {why}; use \"auto\" or \"compiled\"")
+    return False, why
