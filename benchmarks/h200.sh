@@ -18,6 +18,8 @@
 #                                tuning and per-warp sage-fused; ~6 min (then coldstart81: ~3 min)
 #   benchmarks/h200.sh round6    sage-fused's Q/K prep alone, compiled vs Triton (bench.qk_prep), then the default
 #                                path at 81 and 25 frames with the Triton prep / coordinate-descent / both; ~9 min
+#   benchmarks/h200.sh round7    the default path as landed against per-thread sage-fused at 81 and 25 frames,
+#                                then coldstart81; ~7 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -168,6 +170,17 @@ step_round6() {
     local v="stock,$d,$d+qkprep,$d+cdt,$d+qkprep+cdt"
     python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
         --variants "${ROUND6:-$v}" --large-variants "${ROUND6:-$v}" --json "$OUT/levers-round6.json"
+}
+
+# the default path as it lands (sage-fused per warp + the Triton Q/K prep) against per-thread scales,
+# at 81 and 25 frames, then the first compiled call at 81 frames cold and warm; ~7 min
+step_round7() {
+    local d="fp8static+fastacc+sagefused+compile+qkprep"
+    python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 --repeat-large 2 \
+        --variants "stock,$d,fp8static+fastacc+sagefusedthread+compile+qkprep" \
+        --large-variants "stock,$d,fp8static+fastacc+sagefusedthread+compile+qkprep" \
+        --json "$OUT/levers-round7.json"
+    step_coldstart81
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second

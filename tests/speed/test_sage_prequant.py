@@ -166,13 +166,17 @@ def _reasons(missing=()):
     return lambda name, device: (f"{name} missing" if name in missing else None)
 
 
-def test_sage_fused_is_per_thread_and_the_per_warp_variant_stays_for_comparison():
+def test_sage_fused_is_its_default_granularity_and_both_stay_for_comparison():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     assert attention.core_for("sage-fused") is sage_fused_core
+    default = (sage_prequant.sage_fused_thread_core if sage_prequant.DEFAULT_PER_THREAD
+               else sage_prequant.sage_fused_warp_core)
+    assert sage_fused_core is default
     with FakeTensorMode():
         q = torch.empty(1, 300, 4, 128, dtype=torch.bfloat16)
-        assert sage_prequant.sage_fused_warp_core(q, q, q).shape == (1, 300, 4, 128)
+        for core in (sage_prequant.sage_fused_warp_core, sage_prequant.sage_fused_thread_core):
+            assert core(q, q, q).shape == (1, 300, 4, 128)
 
 
 def test_auto_tries_sage_fused_first_when_the_blocks_are_compiled():

@@ -12,8 +12,9 @@ Variants (each kept only if it runs here):
   sagewarp        SageAttention 2's sm90 kernel with Q/K quantised per warp (`attention = "sage-warp"`;
                   sageattn itself on other GPUs)
   sagefused       the same kernel fed by our own quantisation inside the compiled blocks
-                  (`attention = "sage-fused"`, Hopper only; per-thread Q/K scales)
-  sagefusedwarp   sagefused with per-warp Q/K scales (for comparison only)
+                  (`attention = "sage-fused"`, Hopper only; Q/K scales as its default)
+  sagefusedwarp   sagefused with per-warp Q/K scales
+  sagefusedthread sagefused with per-thread Q/K scales
   fa3, fa3fp8     FlashAttention-3 bf16 / fp8 (per-head scales) as the core (Hopper)
   fp8attn         cuDNN FP8 attention as the core (Hopper)
   auto            whatever `attention = "auto"` picks here (self-check at load)
@@ -205,14 +206,15 @@ def main(argv=None) -> int:
         for m in model.modules():
             if hasattr(m, "fast_accum"):
                 m.fast_accum = "fastacc" in parts
-        if "sagefusedwarp" in parts:
-            from ..engine.sage_prequant import sage_fused_warp_core
+        if "sagefusedwarp" in parts or "sagefusedthread" in parts:
+            from ..engine.sage_prequant import sage_fused_thread_core, sage_fused_warp_core
 
-            install_core(model, sage_fused_warp_core)
+            install_core(model, sage_fused_warp_core if "sagefusedwarp" in parts else sage_fused_thread_core)
         if "qkprep" in parts:
             from ..engine import qk_prep
 
-            qk_prep.install(model, per_thread="sagefusedwarp" not in parts)
+            qk_prep.install(model, per_thread=(False if "sagefusedwarp" in parts else
+                                               True if "sagefusedthread" in parts else None))
         if "sagewarp" in parts and "sage_warp" not in results:
             import sageattention  # type: ignore[import-not-found]
 

@@ -139,8 +139,8 @@ def available() -> str | None:
 
 # rows per program (Q: a multiple of 16, the per-thread scale groups) and warps per program;
 # `python -m wan22bot.bench.qk_prep` times other choices
-ROWS_Q, WARPS_Q = 32, 4
-ROWS_K, WARPS_K = 64, 8
+ROWS_Q, WARPS_Q = 32, 4  # H200, 81 frames: 0.793 ms per Q call (16 x 4: 0.817, 64 x 8: 1.271)
+ROWS_K, WARPS_K = 32, 4  # 1.744 ms per 81-frame K (with its int8 step) against 2.310 at 64 x 8
 
 
 def _chunk(channels: int) -> int:
@@ -243,10 +243,11 @@ class TritonPrepSageProcessor:
     """The `sage-fused` self-attention with Q and K prepared by the Triton kernels above; cross
     attention (no rotary embedding) goes through the plain processor."""
 
-    def __init__(self, per_thread: bool = True, fallback=None):
+    def __init__(self, per_thread: bool | None = None, fallback=None):
         from .custom_attention import CoreAttnProcessor
-        from .sage_prequant import fused_core
+        from .sage_prequant import DEFAULT_PER_THREAD, fused_core
 
+        per_thread = DEFAULT_PER_THREAD if per_thread is None else per_thread
         self.per_thread = per_thread
         self.fallback = fallback or CoreAttnProcessor(fused_core(per_thread))
 
@@ -270,8 +271,9 @@ class TritonPrepSageProcessor:
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
 
 
-def install(model: torch.nn.Module, per_thread: bool = True) -> int:
-    """Give every attention block of `model` the Triton-prepared `sage-fused` processor."""
+def install(model: torch.nn.Module, per_thread: bool | None = None) -> int:
+    """Give every attention block of `model` the Triton-prepared `sage-fused` processor (Q/K scales
+    per thread or per warp; None: as `sage-fused` itself, sage_prequant.DEFAULT_PER_THREAD)."""
     n = 0
     for block in model.blocks:
         for attn in (block.attn1, block.attn2):

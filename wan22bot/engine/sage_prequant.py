@@ -10,11 +10,11 @@ with the RMSNorm, the RoPE and the projections' epilogues, and only the attentio
 called as an opaque op.
 
 The formats are the sm90 kernel's (`qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf`, NHD layout,
-per-thread or per-warp granularity), read from SageAttention's quantisers and the kernel's shape
+per-warp granularity by default, per-thread as an option), read from SageAttention's quantisers and the kernel's shape
 checks:
 
 - Q: int8, scale = max(amax, 1e-7) / 127, q8 = round-half-even(q * (127 / max(amax, 1e-7))) over
-  each group of rows of a head. Per thread (the default): within each 16 rows, rows t and t + 8
+  each group of rows of a head. Per thread: within each 16 rows, rows t and t + 8
   (t < 8) share a scale, ceil(S / 64) * 32 scales per head; per warp: the 16 rows share one,
   ceil(S / 64) * 4 per head. Rows past S count as zeros.
 - K: the mean over the sequence (per head and channel, rounded to the input dtype) is subtracted
@@ -164,7 +164,8 @@ def fused_core(per_thread: bool = True):
     """The `sage-fused` core: (B, S, H, D) bf16 -> attention output (B, S, H, D) bf16.
 
     Per-thread Q/K scales are the kernel's finer granularity (and SageAttention's own default);
-    per-warp ones are kept for comparison (`python -m wan22bot.bench.levers`, variant sagefusedwarp).
+    per-warp ones are coarser. `DEFAULT_PER_THREAD` says which `sage-fused` uses; both stay for
+    comparison (`python -m wan22bot.bench.levers`, variants sagefusedthread and sagefusedwarp).
     """
 
     def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -179,5 +180,10 @@ def fused_core(per_thread: bool = True):
     return core
 
 
-sage_fused_core = fused_core(per_thread=True)
+# Per-warp Q/K scales: in an 81-frame forward on an H200 the kernel ran 0.031 s faster with them than
+# per thread (9.090 against 9.121 s, 2026-11-29 round 4), at the same error against stock bf16
+# (0.0465); docs/PERFORMANCE.md has the run that made it the default.
+DEFAULT_PER_THREAD = False
+sage_fused_thread_core = fused_core(per_thread=True)
 sage_fused_warp_core = fused_core(per_thread=False)
+sage_fused_core = sage_fused_thread_core if DEFAULT_PER_THREAD else sage_fused_warp_core
