@@ -20,6 +20,8 @@
 #                                path at 81 and 25 frames with the Triton prep / coordinate-descent / both; ~9 min
 #   benchmarks/h200.sh round7    the default path as landed against per-thread sage-fused at 81 and 25 frames,
 #                                then coldstart81; ~7 min
+#   benchmarks/h200.sh round7e2e photo -> MP4 at 81 frames (default path, stock pass beside it), then under a
+#                                32 GiB cap with memory = "auto"; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -181,6 +183,18 @@ step_round7() {
         --large-variants "stock,$d,fp8static+fastacc+sagefusedthread+compile+qkprep" \
         --json "$OUT/levers-round7.json"
     step_coldstart81
+}
+
+# photo -> MP4 at 81 frames with RIFE on the default path (stock pass beside it), then the same
+# under a 32 GiB cap with memory = "auto" (which picks swap there); each under a time limit; ~9 min
+step_round7e2e() {
+    random_rife
+    timeout "${E2E_LIMIT:-270}" python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline \
+        --interpolate --frames 81 --repeat 1 --json "$OUT/e2e81-round7.json"
+    echo "e2e81: exit $? ($(date -u +%H:%M:%S))"
+    timeout "${CAP_LIMIT:-290}" python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 \
+        --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-round7.json"
+    echo "auto32: exit $? ($(date -u +%H:%M:%S))"
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second
