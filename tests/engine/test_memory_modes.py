@@ -122,3 +122,29 @@ def test_auto_sees_a_per_process_cap_as_a_smaller_card():
     assert choose_mode("auto", capped, 0, experts, text, work) == "swap"
     assert usable_free(3 * GiB, total, 32 * GiB / total, 0) == 3 * GiB  # other processes took the rest
     assert usable_free(140 * GiB, total, 0.1, 20 * GiB) == 0  # already past the cap
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_free_bytes_of_a_device_named_without_an_index(monkeypatch, name):
+    """`model.device = "cuda"` (the default on a GPU box) has no index. torch's
+    get_per_process_memory_fraction refuses such a device (ValueError), which stopped every model
+    load on a GPU; the queries must get the allocator's index. The stand-ins check their argument
+    with torch's own device-index rule, as the real functions do."""
+    from torch.cuda._utils import _get_device_index
+
+    from wan22bot.engine import memory
+
+    seen = []
+
+    def strict(value):
+        def fn(device=None):
+            seen.append(_get_device_index(device, optional=False))
+            return value
+        return fn
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", strict((100 * GiB, 141 * GiB)))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", strict(32 / 141))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", strict(2 * GiB))
+    assert memory.device_free_bytes(torch.device(name)) == 30 * GiB
+    assert seen == [torch.device(name).index or 0] * 3

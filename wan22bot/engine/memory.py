@@ -47,9 +47,12 @@ def usable_free(free: int, total: int, fraction: float, reserved: int) -> int:
 
 def device_free_bytes(device: torch.device) -> int:
     """usable_free for a CUDA device, read from the driver and this process's allocator."""
-    free, total = torch.cuda.mem_get_info(device)
-    fraction = torch.cuda.get_per_process_memory_fraction(device)
-    return usable_free(free, total, fraction, torch.cuda.memory_reserved(device))
+    # `model.device = "cuda"` has no index; get_per_process_memory_fraction, unlike mem_get_info,
+    # refuses such a device, so every query gets the index the allocator would use
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    fraction = torch.cuda.get_per_process_memory_fraction(index)
+    return usable_free(free, total, fraction, torch.cuda.memory_reserved(index))
 
 
 def choose_mode(requested: str, free_bytes: int, reserve_gb: float, experts: int, text_encoder: int,
