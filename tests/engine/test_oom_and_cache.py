@@ -105,3 +105,27 @@ def test_compile_tuning_reaches_inductor_when_the_blocks_are_compiled(monkeypatc
         apply_compile_tuning("max")
     with pytest.raises(ValueError, match="compile_tuning"):
         ModelConfig(compile_tuning="max")
+
+
+def test_qk_prep_setting_reaches_each_expert(monkeypatch):
+    """The generator asks qk_prep for each expert with the attention backend that expert got, and
+    installs the Triton prep where it is wanted (here forced: the tiny model on the CPU runs SDPA)."""
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine import qk_prep
+    from wan22bot.engine.generator import TwoPassGenerator
+
+    asked, installed = [], []
+
+    def wanted(setting, backend, device):
+        asked.append((setting, backend, device.type))
+        return True, "forced by the test"
+
+    monkeypatch.setattr(qk_prep, "wanted", wanted)
+    monkeypatch.setattr(qk_prep, "install", lambda model, per_thread=None: installed.append(model))
+    gen = TwoPassGenerator(ModelConfig(qk_prep="triton"))
+    gen.load()
+    assert asked == [("triton", "sdpa", "cpu")] * 2
+    assert installed == [gen.components.transformer, gen.components.transformer_2]
+    assert ModelConfig().qk_prep == "auto"
+    with pytest.raises(ValueError, match="qk_prep"):
+        ModelConfig(qk_prep="cuda")

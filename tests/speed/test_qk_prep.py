@@ -80,6 +80,7 @@ def test_k_is_normed_and_rotated_exactly_and_its_mean_is_the_sequence_mean():
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 
+@torch.no_grad()
 def test_k_mean_covers_every_block_of_rows():
     # 3 frames of 5x7: 105 tokens, two K programs (64 rows each), the second partly masked
     x, norm, cos, sin = _inputs(frames=3)

@@ -4,17 +4,20 @@ each in one hand-written Triton kernel (`[model] qk_prep = "triton"`).
 Under `sage-fused`, torch.compile turns the attention block's norm, RoPE and quantisation into
 inductor kernels; in an 81-frame forward on an H200 the RMSNorm + RoPE kernel alone took 3.1 ms per
 block (docs/perf/2026-11-29-h200-round4-profile81-sagefused-warp.json), about four times what its
-memory traffic needs. Here:
+memory traffic needs. Here (H200, 81 frames: Q 0.793 ms against 1.923 compiled, K with its int8 step
+1.744 against 2.488; 8.894 against 8.975 s per forward, docs/PERFORMANCE.md round 5):
 
-- Q: each program reads 16 * ROWS_Q16 rows of the q projection twice (the sum of squares over all
+- Q: each program reads ROWS_Q rows of the q projection twice (the sum of squares over all
   5120 channels, then head by head), normalises, rotates the interleaved pairs, and writes int8 Q
   and its scales straight in the kernel's layout. The bf16 Q of the compiled path is never written.
 - K: the same norm and rotation, written as bf16, plus per-program column sums from which the
   smoothing mean is taken; subtracting it and the int8 step stay in torch code (compiled).
 
-Rounding follows the compiled path: the norm's output is rounded to bf16 (torch's RMSNorm computes
-in fp32 and rounds once), the rotation is computed in fp32 on those values and rounded to bf16
-again, and then quantised as `sage_prequant.quantize_q` does (ties to even, as torch.round).
+Rounding follows eager PyTorch: the norm's output is rounded to bf16 (torch's RMSNorm computes in
+fp32 and rounds once), the rotation is computed in fp32 on those values and rounded to bf16 again,
+and then quantised as `sage_prequant.quantize_q` does (ties to even, as torch.round). The compiled
+path skips the intermediate roundings, so on the GPU about 5% of the int8 values differ from it by
+1-2 steps; the forward's error against stock bf16 is the same (0.0466).
 
 The kernels need Triton (shipped with CUDA builds of PyTorch). On a machine without a GPU they run
 under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check them.
