@@ -132,12 +132,46 @@ def test_rejects_what_it_was_not_built_for():
         qk_prep.k_roped(x[..., :320], norm.weight, 1e-6, cos, sin, 5)
 
 
-def test_setting():
+def test_setting(monkeypatch):
+    monkeypatch.setattr(qk_prep, "_CHECKS", {})
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert qk_prep.wanted("compiled", "sage-fused", cuda) == (False, "qk_prep = compiled")
-    assert qk_prep.wanted("auto", "sage-fused", cuda)[0] is True
-    use, why = qk_prep.wanted("auto", "sage-warp", cuda)
+    passes = lambda device: 0.002  # noqa: E731
+    assert qk_prep.wanted("compiled", "sage-fused", cuda, passes) == (False, "qk_prep = compiled")
+    use, why = qk_prep.wanted("auto", "sage-fused", cuda, passes)
+    assert use is True and "self-check error 0.0020" in why
+    use, why = qk_prep.wanted("auto", "sage-warp", cuda, passes)
     assert not use and "sage-warp" in why
-    assert qk_prep.wanted("auto", "sage-fused", cpu)[0] is False
+    assert qk_prep.wanted("auto", "sage-fused", cpu, passes)[0] is False
     with pytest.raises(ModelError, match="qk_prep = \"triton\" cannot run here: it needs a CUDA device"):
-        qk_prep.wanted("triton", "sage-fused", cpu)
+        qk_prep.wanted("triton", "sage-fused", cpu, passes)
+
+
+def test_a_kernel_that_fails_its_self_check_is_not_used(monkeypatch):
+    cuda = torch.device("cuda")
+
+    def broken(device):
+        raise RuntimeError("PTX for this GPU could not be built")
+
+    monkeypatch.setattr(qk_prep, "_CHECKS", {})
+    use, why = qk_prep.wanted("auto", "sage-fused", cuda, broken)
+    assert not use and "self-check raised RuntimeError: PTX" in why
+    monkeypatch.setattr(qk_prep, "_CHECKS", {})
+    use, why = qk_prep.wanted("auto", "sage-fused", cuda, lambda device: 0.3)
+    assert not use and "self-check error 0.3000 > 0.01" in why
+    with pytest.raises(ModelError, match="self-check error 0.3000"):
+        qk_prep.wanted("triton", "sage-fused", cuda, lambda device: 0.3)  # cached: the same verdict
+
+
+def test_self_check_passes_the_kernels_and_catches_a_wrong_one(monkeypatch):
+    """The check itself, on the CPU (interpreter): small for a correct kernel, large when the
+    kernel's Q scales are read as the other granularity would lay them out."""
+    err = qk_prep.self_check(torch.device("cpu"), heads=2, frames=2)
+    assert err <= qk_prep.SELF_CHECK_MAX_ERROR
+    real = qk_prep.q_int8
+
+    def swapped(x, weight, eps, cos, sin, heads, per_thread):
+        q8, qs = real(x, weight, eps, cos, sin, heads, per_thread)
+        return q8, qs.flip(-1)  # scales in the wrong order
+
+    monkeypatch.setattr(qk_prep, "q_int8", swapped)
+    assert qk_prep.self_check(torch.device("cpu"), heads=2, frames=2) > 10 * qk_prep.SELF_CHECK_MAX_ERROR

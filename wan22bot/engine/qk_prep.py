@@ -25,6 +25,7 @@ under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check th
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -171,6 +172,10 @@ def _check(x: torch.Tensor, cos: torch.Tensor, heads: int) -> tuple[int, int, in
     return b, s, c
 
 
+def _on(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _tables(cos: torch.Tensor, sin: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 or B, S, 1, D) fp32 tables -> (1 or B, S, D) views."""
     return cos.reshape(cos.shape[0], s, -1), sin.reshape(sin.shape[0], s, -1)
@@ -193,11 +198,12 @@ def launch_q(x, weight, eps, cos, sin, heads, per_thread, rows, warps):
     q8 = torch.empty(b, s_pad, heads, d, dtype=torch.int8, device=x.device)
     qs = torch.empty(b, heads, _q_scales(s_pad, per_thread), dtype=torch.float32, device=x.device)
     cos, sin = _tables(cos, sin, s)
-    q_kernel[(s_pad // rows, b)](
-        x, weight, cos, sin, q8, qs, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
-        cos.stride(1), q8.stride(0), q8.stride(1), qs.shape[-1], eps,
-        HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), PER_THREAD=per_thread, enable_fp_fusion=False,
-        num_warps=warps)
+    with _on(x.device):  # Triton launches on the current device, not the tensors'
+        q_kernel[(s_pad // rows, b)](
+            x, weight, cos, sin, q8, qs, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
+            cos.stride(1), q8.stride(0), q8.stride(1), qs.shape[-1], eps,
+            HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), PER_THREAD=per_thread, enable_fp_fusion=False,
+            num_warps=warps)
     return q8, qs
 
 
@@ -228,10 +234,11 @@ def launch_k(x, weight, eps, cos, sin, heads, rows, warps):
     blocks = math.ceil(s / rows)
     sums = torch.empty(b, blocks, c, dtype=torch.float32, device=x.device)
     cos, sin = _tables(cos, sin, s)
-    k_kernel[(blocks, b)](
-        x, weight, cos, sin, out, sums, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
-        cos.stride(1), out.stride(0), out.stride(1), sums.stride(0), sums.stride(1), eps,
-        HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), enable_fp_fusion=False, num_warps=warps)
+    with _on(x.device):
+        k_kernel[(blocks, b)](
+            x, weight, cos, sin, out, sums, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
+            cos.stride(1), out.stride(0), out.stride(1), sums.stride(0), sums.stride(1), eps,
+            HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), enable_fp_fusion=False, num_warps=warps)
     mean = (sums.sum(dim=1) / s).to(torch.bfloat16).view(b, 1, heads, d)
     return out, mean
 
@@ -286,11 +293,56 @@ def install(model: torch.nn.Module, per_thread: bool | None = None) -> int:
 
 
 
-def wanted(setting: str, backend: str, device: torch.device) -> tuple[bool, str]:
+def _dequantize_q(q8: torch.Tensor, qs: torch.Tensor, per_thread: bool) -> torch.Tensor:
+    from .sage_prequant import scale_index
+
+    idx = scale_index(q8.shape[1], "q", per_thread).to(qs.device)
+    return q8.float() * qs[:, :, idx].transpose(1, 2)[..., None]
+
+
+SELF_CHECK_MAX_ERROR = 0.01  # a correct kernel differs from eager PyTorch only on rounding ties
+
+
+@torch.no_grad()
+def self_check(device: torch.device, heads: int = 4, frames: int = 3, seed: int = 0) -> float:
+    """Both kernels once on small random inputs against eager PyTorch (RMSNorm, RoPE, the
+    quantisers): the larger relative error of the dequantised Q and of the rotated K. Raises what
+    the kernels raise (a Triton that cannot compile for this GPU, say)."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from .custom_attention import rotary
+    from .sage_prequant import DEFAULT_PER_THREAD, quantize_q
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    c = heads * 128
+    cos, sin = WanRotaryPosEmbed(128, (1, 2, 2), 1024)(torch.zeros(1, 16, frames, 10, 14))
+    s = cos.shape[1]
+    x = (torch.randn(1, s, c, generator=g) * (1 + 3 * torch.rand(c, generator=g))).to(device, torch.bfloat16)
+    norm = torch.nn.RMSNorm(c, eps=1e-6)
+    norm.weight.copy_(1 + 0.3 * torch.randn(c, generator=g))
+    norm = norm.to(device, torch.bfloat16)
+    cos, sin = cos.to(device), sin.to(device)
+    ref = rotary(norm(x).unflatten(2, (heads, -1)), cos, sin)
+    q8, qs = q_int8(x, norm.weight, 1e-6, cos, sin, heads, DEFAULT_PER_THREAD)
+    r8, rs = quantize_q(ref, DEFAULT_PER_THREAD)
+    deq, want = _dequantize_q(q8, qs, DEFAULT_PER_THREAD), _dequantize_q(r8, rs, DEFAULT_PER_THREAD)
+    kr, km = k_roped(x, norm.weight, 1e-6, cos, sin, heads)
+    errs = [float((deq - want).norm() / want.norm()),
+            float((kr.float() - ref.float()).norm() / ref.float().norm()),
+            float((km.float() - ref.float().mean(dim=1, keepdim=True)).norm()
+                  / ref.float().mean(dim=1, keepdim=True).norm())]
+    return max(errs)
+
+
+_CHECKS: dict[str, float] = {}  # device -> self-check error, once per process
+
+
+def wanted(setting: str, backend: str, device: torch.device, checker=self_check) -> tuple[bool, str]:
     """`[model] qk_prep` for an expert whose attention is `backend`: (install the Triton prep?, why).
 
     "compiled": never (torch.compile writes the kernels). "auto": when the backend is `sage-fused`
-    on a CUDA device and Triton imports. "triton": the same, but anything missing is an error.
+    on a CUDA device, Triton imports, and the kernels pass a self-check against eager PyTorch (run
+    once per process and device). "triton": the same, but anything missing or failing is an error.
     """
     if setting == "compiled":
         return False, "qk_prep = compiled"
@@ -302,7 +354,18 @@ def wanted(setting: str, backend: str, device: torch.device) -> tuple[bool, str]
     else:
         why = available()
     if why is None:
-        return True, "Triton kernels for Q/K norm, RoPE and int8"
+        key = str(device)
+        try:
+            if key not in _CHECKS:
+                _CHECKS[key] = checker(device)
+            err = _CHECKS[key]
+        except Exception as exc:  # a Triton that cannot build these kernels for this GPU, say
+            why = f"the self-check raised {type(exc).__name__}: {exc}"
+        else:
+            if not err <= SELF_CHECK_MAX_ERROR:
+                why = f"the self-check error {err:.4f} > {SELF_CHECK_MAX_ERROR}"
+            else:
+                return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {err:.4f}"
     if setting == "triton":
         from ..errors import ModelError
 
