@@ -175,3 +175,29 @@ def test_self_check_passes_the_kernels_and_catches_a_wrong_one(monkeypatch):
 
     monkeypatch.setattr(qk_prep, "q_int8", swapped)
     assert qk_prep.self_check(torch.device("cpu"), heads=2, frames=2) > 10 * qk_prep.SELF_CHECK_MAX_ERROR
+
+
+def test_the_benchmarks_default_path_is_the_generators(monkeypatch):
+    """bench.coldstart and bench.profile build a bare expert and apply the default path through
+    bench/default_path.py: fp8 layers with ModelConfig's scaling and fast accumulation, auto
+    attention, qk_prep asked with the chosen backend, compiled blocks."""
+    from diffusers import WanTransformer3DModel
+
+    from wan22bot.bench.default_path import apply_default_path
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine.fp8_linear import FP8Linear
+    from wan22bot.engine.tiny import TRANSFORMER_CONFIG
+
+    asked = []
+    monkeypatch.setattr(qk_prep, "wanted", lambda setting, backend, device: (asked.append((setting, backend)) or
+                                                                              (False, "asked")))
+    model = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    compiled = []
+    monkeypatch.setattr(model, "compile_repeated_blocks", lambda **kw: compiled.append(kw))
+    path = apply_default_path(model, torch.device("cpu"))
+    cfg = ModelConfig()
+    layers = [m for m in model.blocks.modules() if isinstance(m, FP8Linear)]
+    assert layers and all(m.scaling == cfg.fp8_scaling and m.fast_accum == cfg.fp8_fast_accum for m in layers)
+    assert asked == [(cfg.qk_prep, "sdpa")] and compiled == [{"fullgraph": True}]
+    assert path == {"attention": "sdpa (auto)", "fp8_scaling": cfg.fp8_scaling, "fp8_fast_accum": "True",
+                    "qk_prep": "compiled (asked)"}

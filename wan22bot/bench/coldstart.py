@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True, type=Path, help="compile cache folder (kept between runs)")
     ap.add_argument("--frames", type=int, default=25)
-    ap.add_argument("--fp8-scaling", default="static", help="the default path's is static")
+    ap.add_argument("--fp8-scaling", default=None, help="default: the default path's ([model] fp8_scaling)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -31,26 +31,17 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ..config import ModelConfig
-    from ..engine.attention import apply_attention_backend
-    from ..engine.fp8_linear import convert_to_fp8
     from ..engine.random_weights import random_expert
+    from .default_path import apply_default_path
     from .levers import forward, make_inputs
 
     dev = torch.device("cuda")
     torch._dynamo.config.cache_size_limit = 64
     model = random_expert(dev, torch.bfloat16, seed=1)
-    convert_to_fp8(model, scaling=args.fp8_scaling, fast_accum=ModelConfig().fp8_fast_accum)
-    choice = apply_attention_backend(model, "auto", dev, compiled=True)
-    from ..engine import qk_prep
-
-    prep, prep_why = qk_prep.wanted(ModelConfig().qk_prep, choice.backend, dev)
-    if prep:
-        qk_prep.install(model)
-    model.compile_repeated_blocks(fullgraph=True)
+    path = apply_default_path(model, dev, args.fp8_scaling)
     inputs = make_inputs(args.frames, dev)
     calibration = None
-    if args.fp8_scaling != "rowwise":
+    if path["fp8_scaling"] != "rowwise":
         # static/delayed scales: the first call calibrates (and compiles its own graph), as a render's
         # first pass does; timed on its own so the cold start of the default path is complete
         t0 = time.perf_counter()
@@ -65,9 +56,8 @@ def main(argv=None) -> int:
     forward(model, inputs)
     torch.cuda.synchronize()
     second = time.perf_counter() - t0
-    result = {"card": torch.cuda.get_device_name(dev), "frames": args.frames, "attention": choice.describe(),
-              "qk_prep": "triton" if prep else f"compiled ({prep_why})",
-              "fp8_scaling": args.fp8_scaling, "cache_files_before": before,
+    result = {"card": torch.cuda.get_device_name(dev), "frames": args.frames, **path,
+              "cache_files_before": before,
               "cache_files_after": sum(1 for p in cache.rglob("*") if p.is_file()),
               "calibration_call_s": calibration, "first_call_s": first, "second_call_s": second,
               "cold_total_s": first + (calibration or 0.0),

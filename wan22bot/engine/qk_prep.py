@@ -83,7 +83,7 @@ if triton is not None:
         return cos.to(tl.float32), sin.to(tl.float32)
 
     @triton.jit
-    def q_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q8_ptr, qs_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
+    def qkprep_q_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q8_ptr, qs_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
                  stride_ob, stride_os, n_scales, eps,
                  HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
                  PER_THREAD: tl.constexpr):
@@ -117,7 +117,7 @@ if triton is not None:
             tl.store(qs_ptr + (b * HEADS + h) * n_scales + idx, sc)
 
     @triton.jit
-    def k_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, sum_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
+    def qkprep_k_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, sum_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
                  stride_ob, stride_os, stride_sb, stride_sp, eps,
                  HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
         blk = tl.program_id(0)
@@ -199,7 +199,7 @@ def launch_q(x, weight, eps, cos, sin, heads, per_thread, rows, warps):
     qs = torch.empty(b, heads, _q_scales(s_pad, per_thread), dtype=torch.float32, device=x.device)
     cos, sin = _tables(cos, sin, s)
     with _on(x.device):  # Triton launches on the current device, not the tensors'
-        q_kernel[(s_pad // rows, b)](
+        qkprep_q_kernel[(s_pad // rows, b)](
             x, weight, cos, sin, q8, qs, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
             cos.stride(1), q8.stride(0), q8.stride(1), qs.shape[-1], eps,
             HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), PER_THREAD=per_thread, enable_fp_fusion=False,
@@ -235,7 +235,7 @@ def launch_k(x, weight, eps, cos, sin, heads, rows, warps):
     sums = torch.empty(b, blocks, c, dtype=torch.float32, device=x.device)
     cos, sin = _tables(cos, sin, s)
     with _on(x.device):
-        k_kernel[(blocks, b)](
+        qkprep_k_kernel[(blocks, b)](
             x, weight, cos, sin, out, sums, s, x.stride(0), x.stride(1), cos.stride(0) if cos.shape[0] > 1 else 0,
             cos.stride(1), out.stride(0), out.stride(1), sums.stride(0), sums.stride(1), eps,
             HEADS=heads, D=d, ROWS=rows, CHUNK=_chunk(c), enable_fp_fusion=False, num_warps=warps)
