@@ -14,15 +14,15 @@ import os
 import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Triton kernels (engine/qk_prep.py) run under Triton's interpreter on a machine without a GPU; the
-# setting is read when a kernel is defined, so before anything imports them.
-if not os.path.exists("/dev/nvidia0"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# Triton kernels (engine/qk_prep.py) run under Triton's interpreter where no GPU is usable; the
+# setting is read when a kernel is defined, so before anything imports them (torch does not).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ compiled blocks run (RMSNorm -> interleaved RoPE -> sage_prequant's quantisers).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,10 @@ from wan22bot.engine.sage_prequant import quantize_k, quantize_q  # noqa: E402
 from wan22bot.errors import ModelError  # noqa: E402
 
 HEADS = 3
+# Under the interpreter the kernels take CPU tensors; with a GPU they run for real on it, where eager
+# PyTorch's own kernels may round a value differently by one bf16 step.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEV = torch.device("cpu" if INTERPRETED else "cuda")
 
 
 def _inputs(frames=2, h=10, w=14, seed=0):
@@ -33,7 +39,7 @@ def _inputs(frames=2, h=10, w=14, seed=0):
     x = (torch.randn(1, s, c, generator=g) * (1 + 3 * torch.rand(c, generator=g)) + 0.5).to(torch.bfloat16)
     norm = torch.nn.RMSNorm(c, eps=1e-6)
     norm.weight.data = 1 + 0.3 * torch.randn(c, generator=g)
-    return x, norm.to(torch.bfloat16), cos, sin
+    return x.to(DEV), norm.to(DEV, torch.bfloat16), cos.to(DEV), sin.to(DEV)
 
 
 @torch.no_grad()
@@ -52,7 +58,7 @@ def test_q_matches_the_compiled_paths_quantisation(per_thread):
     diff = (q8.int() - r8.int()).abs()
     # fp32 products that land within an ulp of a .5 tie may round either way; nothing else differs
     assert int(diff.max()) <= 1
-    assert float((diff > 0).float().mean()) < 1e-3
+    assert float((diff > 0).float().mean()) < (1e-3 if INTERPRETED else 1e-2)
     assert not q8[:, 70:].any(), "the rows padding Q to 64 must be zeros"
 
 
@@ -72,12 +78,31 @@ def test_k_is_normed_and_rotated_exactly_and_its_mean_is_the_sequence_mean():
     kr, km = qk_prep.k_roped(x, norm.weight, 1e-6, cos, sin, HEADS)
     ref = _reference(x, norm, cos, sin)
     assert kr.dtype == torch.bfloat16 and kr.shape == ref.shape
-    assert torch.equal(kr, ref)
-    assert torch.equal(km, ref.mean(dim=1, keepdim=True))
+    if INTERPRETED:
+        assert torch.equal(kr, ref)
+        assert torch.equal(km, ref.mean(dim=1, keepdim=True))
+    else:
+        torch.testing.assert_close(kr, ref, rtol=2 ** -7, atol=0)
+        torch.testing.assert_close(km, ref.mean(dim=1, keepdim=True), rtol=2 ** -7, atol=1e-3)
     # the smoothing mean handed over gives the same int8 K as quantize_k taking it itself
-    a = quantize_k(kr, True, mean=km)
-    b = quantize_k(ref, True)
-    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    if INTERPRETED:
+        a = quantize_k(kr, True, mean=km)
+        b = quantize_k(ref, True)
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_a_batch_of_two_is_two_independent_rows_of_programs():
+    x1, norm, cos, sin = _inputs(seed=1)
+    x2, _, _, _ = _inputs(seed=2)
+    x = torch.cat([x1, x2])
+    q8, qs = qk_prep.q_int8(x, norm.weight, 1e-6, cos, sin, HEADS, False)
+    kr, km = qk_prep.k_roped(x, norm.weight, 1e-6, cos, sin, HEADS)
+    for i, xi in enumerate((x1, x2)):
+        qi, si = qk_prep.q_int8(xi, norm.weight, 1e-6, cos, sin, HEADS, False)
+        ki, mi = qk_prep.k_roped(xi, norm.weight, 1e-6, cos, sin, HEADS)
+        assert torch.equal(q8[i:i + 1], qi) and torch.equal(qs[i:i + 1], si)
+        assert torch.equal(kr[i:i + 1], ki) and torch.equal(km[i:i + 1], mi)
+    assert not torch.equal(q8[0], q8[1])
 
 
 @torch.no_grad()
@@ -103,7 +128,7 @@ def _cpu_sage(q8, k8, v8, q_scale, k_scale, v_scale, seq_len, sm_scale, per_thre
 def test_processor_matches_stock_attention(monkeypatch):
     monkeypatch.setattr(sage_prequant, "sage_sm90_prequant", _cpu_sage)
     torch.manual_seed(0)
-    attn = WanAttention(dim=HEADS * 128, heads=HEADS, dim_head=128, eps=1e-6).to(torch.bfloat16)
+    attn = WanAttention(dim=HEADS * 128, heads=HEADS, dim_head=128, eps=1e-6).to(DEV, torch.bfloat16)
     for p in attn.parameters():
         p.data.normal_(0, 0.05)
     attn.norm_q.weight.data.fill_(1.0)
@@ -119,7 +144,7 @@ def test_processor_matches_stock_attention(monkeypatch):
     no_rope = qk_prep.TritonPrepSageProcessor(per_thread=True)(attn, x, rotary_emb=(cos, -sin)).float()
     assert float((no_rope - ref).norm() / ref.norm()) > 5 * err
     # cross attention goes to the plain processor (SDPA over the text tokens)
-    ctx = torch.randn(1, 7, HEADS * 128, dtype=torch.bfloat16)
+    ctx = torch.randn(1, 7, HEADS * 128, dtype=torch.bfloat16, device=DEV)
     cross = qk_prep.TritonPrepSageProcessor()(attn, x, encoder_hidden_states=ctx)
     assert torch.equal(cross, ref_proc(attn, x, encoder_hidden_states=ctx))
 
@@ -165,7 +190,7 @@ def test_a_kernel_that_fails_its_self_check_is_not_used(monkeypatch):
 def test_self_check_passes_the_kernels_and_catches_a_wrong_one(monkeypatch):
     """The check itself, on the CPU (interpreter): small for a correct kernel, large when the
     kernel's Q scales are read as the other granularity would lay them out."""
-    err = qk_prep.self_check(torch.device("cpu"), heads=2, frames=2)
+    err = qk_prep.self_check(DEV, heads=2, frames=2)
     assert err <= qk_prep.SELF_CHECK_MAX_ERROR
     real = qk_prep.q_int8
 
@@ -174,7 +199,7 @@ def test_self_check_passes_the_kernels_and_catches_a_wrong_one(monkeypatch):
         return q8, qs.flip(-1)  # scales in the wrong order
 
     monkeypatch.setattr(qk_prep, "q_int8", swapped)
-    assert qk_prep.self_check(torch.device("cpu"), heads=2, frames=2) > 10 * qk_prep.SELF_CHECK_MAX_ERROR
+    assert qk_prep.self_check(DEV, heads=2, frames=2) > 10 * qk_prep.SELF_CHECK_MAX_ERROR
 
 
 def test_the_benchmarks_default_path_is_the_generators(monkeypatch):
