@@ -116,15 +116,15 @@ def test_qk_prep_setting_reaches_each_expert(monkeypatch):
 
     asked, installed = [], []
 
-    def wanted(setting, backend, device):
-        asked.append((setting, backend, device.type))
+    def wanted(setting, backend, device, dtype):
+        asked.append((setting, backend, device.type, dtype))
         return True, "forced by the test"
 
     monkeypatch.setattr(qk_prep, "wanted", wanted)
     monkeypatch.setattr(qk_prep, "install", lambda model, per_thread=None: installed.append(model))
-    gen = TwoPassGenerator(ModelConfig(qk_prep="triton"))
+    gen = TwoPassGenerator(ModelConfig(qk_prep="triton", device="cpu"))
     gen.load()
-    assert asked == [("triton", "sdpa", "cpu")] * 2
+    assert asked == [("triton", "sdpa", "cpu", gen.dtype)] * 2
     assert installed == [gen.components.transformer, gen.components.transformer_2]
     assert ModelConfig().qk_prep == "auto"
     with pytest.raises(ValueError, match="qk_prep"):

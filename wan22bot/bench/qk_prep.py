@@ -3,7 +3,9 @@
 At Wan's full size (40 heads x 128, 832x1216, `--frames` frames) on random data with channel
 outliers, times (CUDA events, median of `--repeat`):
   compiled   torch.compile of RMSNorm -> interleaved RoPE -> quantize_q, and of the same for K
-             with the smoothing mean and quantize_k (what `qk_prep = "compiled"` runs in the blocks)
+             with the smoothing mean and quantize_k (the work `qk_prep = "compiled"` leaves to
+             torch.compile inside the blocks), with `sage-fused`'s scale granularity
+             (sage_prequant.DEFAULT_PER_THREAD; `--per-thread` for the other)
   triton     q_int8 and k_roped + the compiled quantize_k, for each rows/warps choice
 and reports, per choice, how many int8 values differ from the compiled path and by how much.
 Run: python -m wan22bot.bench.qk_prep --frames 81 --json out.json
@@ -24,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--q-choices", default="16x4,32x4,32x8,64x8", help="rows x warps for the Q kernel")
     ap.add_argument("--k-choices", default="32x4,64x8,128x8", help="rows x warps for the K kernel")
+    ap.add_argument("--per-thread", action="store_true", help="per-thread Q/K scales (default: sage-fused's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -32,9 +35,10 @@ def main(argv=None) -> int:
 
     from ..engine import qk_prep
     from ..engine.custom_attention import rotary
-    from ..engine.sage_prequant import quantize_k, quantize_q
+    from ..engine.sage_prequant import DEFAULT_PER_THREAD, quantize_k, quantize_q
 
     dev = torch.device("cuda")
+    per_thread = args.per_thread or DEFAULT_PER_THREAD
     heads, d = 40, 128
     c = heads * d
     lat_f = (args.frames - 1) // 4 + 1
@@ -53,15 +57,15 @@ def main(argv=None) -> int:
 
     @torch.compile(fullgraph=True)
     def compiled_q(x):
-        return quantize_q(rotary(norm_q(x).unflatten(2, (heads, -1)), cos, sin), True)
+        return quantize_q(rotary(norm_q(x).unflatten(2, (heads, -1)), cos, sin), per_thread)
 
     @torch.compile(fullgraph=True)
     def compiled_k(x):
-        return quantize_k(rotary(norm_k(x).unflatten(2, (heads, -1)), cos, sin), True)
+        return quantize_k(rotary(norm_k(x).unflatten(2, (heads, -1)), cos, sin), per_thread)
 
     @torch.compile(fullgraph=True)
     def k_tail(kr, km):
-        return quantize_k(kr, True, mean=km)
+        return quantize_k(kr, per_thread, mean=km)
 
     def timed(fn):
         with torch.no_grad():
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
         return statistics.median(times)
 
     result = {"card": torch.cuda.get_device_name(dev), "torch": torch.__version__, "frames": args.frames,
+              "per_thread": per_thread,
               "tokens": s, "date": time.strftime("%Y-%m-%d"), "unit": "ms per call", "rows": []}
     try:
         import triton
@@ -106,11 +111,12 @@ def main(argv=None) -> int:
         row = {"kernel": "q", "rows": rows, "warps": warps}
         try:
             with torch.no_grad():
-                q8, qs = qk_prep.launch_q(xq, norm_q.weight, 1e-6, cos, sin, heads, True, rows, warps)
+                q8, qs = qk_prep.launch_q(xq, norm_q.weight, 1e-6, cos, sin, heads, per_thread, rows,
+                                                 warps)
             row["int8_diff"] = diff(q8, ref_q8)
             row["scale_max_rel_diff"] = float(((qs - ref_qs).abs() / ref_qs).max())
             row["ms"] = timed(lambda r=rows, w=warps: qk_prep.launch_q(xq, norm_q.weight, 1e-6, cos, sin, heads,
-                                                                         True, r, w))
+                                                                         per_thread, r, w))
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
         result["rows"].append(row)

@@ -234,7 +234,7 @@ class TwoPassGenerator:
         from . import qk_prep
 
         for key, choice in (("transformer", high), ("transformer_2", low)):
-            use, why = qk_prep.wanted(self.cfg.qk_prep, choice.backend, self.device)
+            use, why = qk_prep.wanted(self.cfg.qk_prep, choice.backend, self.device, dtype=self.dtype)
             if use:
                 qk_prep.install(getattr(comps, key))
             log.info("%s: Q/K prep %s (%s)", key, "triton" if use else "compiled", why)

@@ -4,8 +4,9 @@ each in one hand-written Triton kernel (`[model] qk_prep = "triton"`).
 Under `sage-fused`, torch.compile turns the attention block's norm, RoPE and quantisation into
 inductor kernels; in an 81-frame forward on an H200 the RMSNorm + RoPE kernel alone took 3.1 ms per
 block (docs/perf/2026-11-29-h200-round4-profile81-sagefused-warp.json), about four times what its
-memory traffic needs. Here (H200, 81 frames: Q 0.793 ms against 1.923 compiled, K with its int8 step
-1.744 against 2.488; 8.894 against 8.975 s per forward, docs/PERFORMANCE.md round 5):
+memory traffic needs. Here (H200, 81 frames, per-thread scales: Q 0.793 ms against 1.923 compiled, K
+with its int8 step 1.744 against 2.488; 8.894 against 8.975 s per forward, docs/PERFORMANCE.md
+round 5):
 
 - Q: each program reads ROWS_Q rows of the q projection twice (the sum of squares over all
   5120 channels, then head by head), normalises, rotates the interleaved pairs, and writes int8 Q
@@ -15,7 +16,9 @@ memory traffic needs. Here (H200, 81 frames: Q 0.793 ms against 1.923 compiled, 
 
 Rounding follows eager PyTorch: the norm's output is rounded to bf16 (torch's RMSNorm computes in
 fp32 and rounds once), the rotation is computed in fp32 on those values and rounded to bf16 again,
-and then quantised as `sage_prequant.quantize_q` does (ties to even, as torch.round). The compiled
+and then quantised by `sage_prequant.quantize_q`'s rule (ties to even, as torch.round). Where
+quantize_q multiplies by 127 / amax as eager PyTorch computes it (a reciprocal, then a product),
+the kernel divides: a value within an ulp of a tie may land one int8 step apart. The compiled
 path skips the intermediate roundings, so on the GPU about 5% of the int8 values differ from it by
 1-2 steps; the forward's error against stock bf16 is the same (0.0466).
 
@@ -142,7 +145,7 @@ def available() -> str | None:
 
 
 # rows per program (Q: a multiple of 16, the per-thread scale groups) and warps per program;
-# `python -m wan22bot.bench.qk_prep` times other choices
+# `python -m wan22bot.bench.qk_prep` times other choices (the figures: per-thread scales)
 ROWS_Q, WARPS_Q = 32, 4  # H200, 81 frames: 0.793 ms per Q call (16 x 4: 0.817, 64 x 8: 1.271)
 ROWS_K, WARPS_K = 32, 4  # 1.744 ms per 81-frame K (with its int8 step) against 2.310 at 64 x 8
 
@@ -172,13 +175,47 @@ def _check(x: torch.Tensor, cos: torch.Tensor, heads: int) -> tuple[int, int, in
     return b, s, c
 
 
+INT32_MAX = 2**31 - 1
+
+
+def _fits_int32(x: torch.Tensor, cos: torch.Tensor, out_rows: int) -> bool:
+    """Whether every element offset the kernels compute fits in 32 bits: they multiply row index
+    by stride in int32 (Triton passes strides below 2**31 as int32), which would wrap past 2**31
+    elements, e.g. at 161 frames of 2048x1536 (503,808 tokens x 5120 channels), or sooner when the
+    projection is a slice of a fused qkv one. The output is contiguous, `out_rows` rows per batch."""
+    def last(t):
+        return sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+
+    b, _, c = x.shape
+    return max(last(x), last(cos), b * out_rows * c - 1) <= INT32_MAX
+
+
+def _eager_q(x, weight, eps, cos, sin, heads, per_thread):
+    from .custom_attention import rotary
+    from .sage_prequant import quantize_q
+
+    n = torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+    return quantize_q(rotary(n.unflatten(2, (heads, -1)), cos, sin), per_thread)
+
+
+def _eager_k(x, weight, eps, cos, sin, heads):
+    from .custom_attention import rotary
+
+    k = rotary(torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps).unflatten(2, (heads, -1)), cos, sin)
+    return k, k.mean(dim=1, keepdim=True)
+
+
 def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _tables(cos: torch.Tensor, sin: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 or B, S, 1, D) fp32 tables -> (1 or B, S, D) views."""
-    return cos.reshape(cos.shape[0], s, -1), sin.reshape(sin.shape[0], s, -1)
+    """(1 or B, S, 1, D) fp32 tables -> (1 or B, S, D) views; the kernels read both with cos's
+    strides, so tables laid out differently are copied to one layout."""
+    cos, sin = cos.reshape(cos.shape[0], s, -1), sin.reshape(sin.shape[0], s, -1)
+    if cos.stride() != sin.stride() or cos.shape != sin.shape:
+        cos, sin = cos.contiguous(), sin.contiguous()
+    return cos, sin
 
 
 @torch.library.custom_op("wan22bot::qk_prep_q_int8", mutates_args=())
@@ -186,6 +223,9 @@ def q_int8(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
            per_thread: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """q projection (B, S, H*D) bf16 -> int8 Q (B, ceil(S/64)*64, H, D) and fp32 scales (B, H, n), as
     `quantize_q(rotary(norm_q(x)), per_thread)` gives them. An opaque op for torch.compile."""
+    b, s, c = _check(x, cos, heads)
+    if not _fits_int32(x, cos, math.ceil(s / CTA_Q) * CTA_Q):
+        return _eager_q(x, weight, eps, cos, sin, heads, per_thread)  # correct, slower, and rare
     return launch_q(x, weight, eps, cos, sin, heads, per_thread, ROWS_Q, WARPS_Q)
 
 
@@ -193,8 +233,8 @@ def launch_q(x, weight, eps, cos, sin, heads, per_thread, rows, warps):
     b, s, c = _check(x, cos, heads)
     d = c // heads
     s_pad = math.ceil(s / CTA_Q) * CTA_Q
-    if rows % 16 or s_pad % rows:
-        raise ValueError(f"Q rows per program must be a multiple of 16 dividing 64; got {rows}")
+    if rows not in (16, 32, 64):
+        raise ValueError(f"Q rows per program must be 16, 32 or 64 (multiples of 16 dividing 64); got {rows}")
     q8 = torch.empty(b, s_pad, heads, d, dtype=torch.int8, device=x.device)
     qs = torch.empty(b, heads, _q_scales(s_pad, per_thread), dtype=torch.float32, device=x.device)
     cos, sin = _tables(cos, sin, s)
@@ -224,6 +264,9 @@ def k_roped(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor
             heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k projection (B, S, H*D) bf16 -> rotary(norm_k(x)) as (B, S, H, D) bf16, and its mean over the
     sequence (B, 1, H, D) in bf16, as `k.mean(dim=1, keepdim=True)` gives it. An opaque op."""
+    b, s, c = _check(x, cos, heads)
+    if not _fits_int32(x, cos, s):
+        return _eager_k(x, weight, eps, cos, sin, heads)
     return launch_k(x, weight, eps, cos, sin, heads, ROWS_K, WARPS_K)
 
 
@@ -255,14 +298,18 @@ class TritonPrepSageProcessor:
 
     def __init__(self, per_thread: bool | None = None, fallback=None):
         from .custom_attention import CoreAttnProcessor
-        from .sage_prequant import DEFAULT_PER_THREAD, fused_core
+        from .sage_prequant import DEFAULT_PER_THREAD, sage_fused_thread_core, sage_fused_warp_core
 
         per_thread = DEFAULT_PER_THREAD if per_thread is None else per_thread
         self.per_thread = per_thread
-        self.fallback = fallback or CoreAttnProcessor(fused_core(per_thread))
+        # the attention core without the prep: what split mode (gpus/split.py) wraps, as it does a
+        # CoreAttnProcessor's, since the prep's K mean would only cover one device's tokens there
+        self.core = sage_fused_thread_core if per_thread else sage_fused_warp_core
+        self.fallback = fallback or CoreAttnProcessor(self.core)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if encoder_hidden_states is not None or rotary_emb is None or attention_mask is not None:
+        if (encoder_hidden_states is not None or rotary_emb is None or attention_mask is not None
+                or hidden_states.dtype != torch.bfloat16):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         from .sage_prequant import quantize_v, sage_sm90_prequant
 
@@ -337,11 +384,12 @@ def self_check(device: torch.device, heads: int = 4, frames: int = 3, seed: int 
 _CHECKS: dict[str, float] = {}  # device -> self-check error, once per process
 
 
-def wanted(setting: str, backend: str, device: torch.device, checker=self_check) -> tuple[bool, str]:
+def wanted(setting: str, backend: str, device: torch.device, checker=self_check,
+           dtype: torch.dtype = torch.bfloat16) -> tuple[bool, str]:
     """`[model] qk_prep` for an expert whose attention is `backend`: (install the Triton prep?, why).
 
     "compiled": never (torch.compile writes the kernels). "auto": when the backend is `sage-fused`
-    on a CUDA device, Triton imports, and the kernels pass a self-check against eager PyTorch (run
+    on a CUDA device computing in bf16, Triton imports, and the kernels pass a self-check against eager PyTorch (run
     once per process and device). "triton": the same, but anything missing or failing is an error.
     """
     if setting == "compiled":
@@ -351,6 +399,8 @@ def wanted(setting: str, backend: str, device: torch.device, checker=self_check)
         why = f"it prepares sage-fused's inputs and the attention is {backend}"
     elif device.type != "cuda":
         why = "it needs a CUDA device"
+    elif dtype != torch.bfloat16:
+        why = f"its kernels take bf16 projections and the model computes in {str(dtype).removeprefix('torch.')}"
     else:
         why = available()
     if why is None:

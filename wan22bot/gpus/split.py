@@ -104,7 +104,8 @@ def make_sequence_parallel(model: torch.nn.Module, rank: int, n: int) -> int:
         proc = block.attn1.processor
         # SageAttention / FA3 come as a core and keep it; diffusers-dispatched backends (sdpa,
         # cudnn, flash) become PyTorch SDPA, which picks cuDNN or flash on its own on Hopper
-        inner = proc.core if isinstance(proc, CoreAttnProcessor) else sdpa_core
+        # (the Triton Q/K prep's processor hands over its bare sage-fused core the same way)
+        inner = getattr(proc, "core", None) or sdpa_core
         kept.add(getattr(inner, "__name__", type(inner).__name__))
         block.attn1.set_processor(CoreAttnProcessor(ulysses_core(inner, n)))
         count += 1
