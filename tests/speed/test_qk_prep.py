@@ -184,6 +184,8 @@ def test_a_kernel_that_fails_its_self_check_is_not_used(monkeypatch):
     monkeypatch.setattr(qk_prep, "_CHECKS", {})
     use, why = qk_prep.wanted("auto", "sage-fused", cuda, broken)
     assert not use and "self-check raised RuntimeError: PTX" in why
+    # the second expert gets the same verdict without running the check again
+    assert qk_prep.wanted("auto", "sage-fused", cuda, lambda device: 0.0) == (False, why)
     monkeypatch.setattr(qk_prep, "_CHECKS", {})
     use, why = qk_prep.wanted("auto", "sage-fused", cuda, lambda device: 0.3)
     assert not use and "self-check error 0.3000 > 0.01" in why

@@ -381,7 +381,7 @@ def self_check(device: torch.device, heads: int = 4, frames: int = 3, seed: int 
     return max(errs)
 
 
-_CHECKS: dict[str, float] = {}  # device -> self-check error, once per process
+_CHECKS: dict[str, float | str] = {}  # device -> self-check error or why it raised, once per process
 
 
 def wanted(setting: str, backend: str, device: torch.device, checker=self_check,
@@ -405,17 +405,18 @@ def wanted(setting: str, backend: str, device: torch.device, checker=self_check,
         why = available()
     if why is None:
         key = str(device)
-        try:
-            if key not in _CHECKS:
+        if key not in _CHECKS:
+            try:
                 _CHECKS[key] = checker(device)
-            err = _CHECKS[key]
-        except Exception as exc:  # a Triton that cannot build these kernels for this GPU, say
-            why = f"the self-check raised {type(exc).__name__}: {exc}"
+            except Exception as exc:  # a Triton that cannot build these kernels for this GPU, say
+                _CHECKS[key] = f"the self-check raised {type(exc).__name__}: {exc}"
+        err = _CHECKS[key]
+        if isinstance(err, str):
+            why = err
+        elif not err <= SELF_CHECK_MAX_ERROR:
+            why = f"the self-check error {err:.4f} > {SELF_CHECK_MAX_ERROR}"
         else:
-            if not err <= SELF_CHECK_MAX_ERROR:
-                why = f"the self-check error {err:.4f} > {SELF_CHECK_MAX_ERROR}"
-            else:
-                return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {err:.4f}"
+            return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {err:.4f}"
     if setting == "triton":
         from ..errors import ModelError
 
