@@ -18,6 +18,7 @@ def _layer(seed: int = 0, fin: int = 64, fout: int = 48) -> torch.nn.Linear:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
