@@ -96,7 +96,7 @@ class ModelConfig(_Section):
     # "delayed" takes the scale from the amax of earlier calls and keeps updating it.
     fp8_scaling: Literal["rowwise", "static", "delayed"] = "static"
     # cuBLAS fp8 fast accumulation in those layers: 8.989 s against 9.121 s per 81-frame forward on an
-    # H200 (1.483 against 1.528 s at 25 frames), error against stock bf16 0.0466 either way.
+    # H200 (1.483 against 1.528 s at 25 frames; round 4), error against stock bf16 0.0466 either way.
     fp8_fast_accum: bool = True
     # inductor's tuning of the kernels it writes for the compiled blocks (engine/compile_tuning.py):
     # "coordinate-descent" searches block sizes per kernel at compile time. Opt-in: not measured yet.

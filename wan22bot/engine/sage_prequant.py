@@ -180,9 +180,9 @@ def fused_core(per_thread: bool = True):
     return core
 
 
-# Per-warp Q/K scales: in an 81-frame forward on an H200 the kernel ran 0.031 s faster with them than
-# per thread (9.090 against 9.121 s, 2026-11-29 round 4), at the same error against stock bf16
-# (0.0465); docs/PERFORMANCE.md has the run that made it the default.
+# Per-warp Q/K scales: in an 81-frame forward on an H200 the kernel ran faster with them than per
+# thread (9.090 against 9.121 s in round 4; 8.687 against 8.732 s with the Triton Q/K prep in round 5),
+# at the same error against stock bf16 (0.0466); docs/PERFORMANCE.md has both runs.
 DEFAULT_PER_THREAD = False
 sage_fused_thread_core = fused_core(per_thread=True)
 sage_fused_warp_core = fused_core(per_thread=False)
