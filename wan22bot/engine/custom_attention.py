@@ -53,14 +53,20 @@ class CoreAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def install_core(model: torch.nn.Module, core: Core) -> int:
-    """Give every attention block of `model` a CoreAttnProcessor; returns how many were set."""
+def install_processors(model: torch.nn.Module, make: Callable[[], object]) -> int:
+    """Give every attention block (self and cross) of `model` a processor from `make()`; returns how
+    many were set."""
     n = 0
     for block in model.blocks:
         for attn in (block.attn1, block.attn2):
-            attn.set_processor(CoreAttnProcessor(core))
+            attn.set_processor(make())
             n += 1
     return n
+
+
+def install_core(model: torch.nn.Module, core: Core) -> int:
+    """Give every attention block of `model` a CoreAttnProcessor; returns how many were set."""
+    return install_processors(model, lambda: CoreAttnProcessor(core))
 
 
 _OPAQUE: dict[str, Core] = {}

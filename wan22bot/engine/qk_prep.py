@@ -331,12 +331,9 @@ class TritonPrepSageProcessor:
 def install(model: torch.nn.Module, per_thread: bool | None = None) -> int:
     """Give every attention block of `model` the Triton-prepared `sage-fused` processor (Q/K scales
     per thread or per warp; None: as `sage-fused` itself, sage_prequant.DEFAULT_PER_THREAD)."""
-    n = 0
-    for block in model.blocks:
-        for attn in (block.attn1, block.attn2):
-            attn.set_processor(TritonPrepSageProcessor(per_thread))
-            n += 1
-    return n
+    from .custom_attention import install_processors
+
+    return install_processors(model, lambda: TritonPrepSageProcessor(per_thread))
 
 
 
