@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 triton = pytest.importorskip("triton", reason="the Triton kernels need triton (installed with the test extra)")
+tl = triton.language
 
 from diffusers.models.transformers.transformer_wan import WanAttention, WanRotaryPosEmbed  # noqa: E402
 
@@ -288,12 +289,36 @@ def test_not_bf16_means_no_triton_prep(monkeypatch):
     assert proc(None, x, rotary_emb=(None, None)) is x and seen == [torch.float16]
 
 
-def test_split_mode_keeps_the_sage_fused_core():
+def test_split_mode_keeps_the_sage_fused_core(caplog):
     """Split mode (gpus/split.py) wraps each block's attention core for the head exchange; with the
     Triton prep installed it must still get sage-fused's core, not fall back to SDPA."""
-    from wan22bot.engine.sage_prequant import sage_fused_core
+    import logging
 
-    from wan22bot.engine.sage_prequant import sage_fused_thread_core
+    from diffusers import WanTransformer3DModel
+
+    from wan22bot.engine.sage_prequant import sage_fused_core, sage_fused_thread_core
+    from wan22bot.engine.tiny import TRANSFORMER_CONFIG
+    from wan22bot.gpus.split import make_sequence_parallel
 
     assert qk_prep.TritonPrepSageProcessor().core is sage_fused_core
     assert qk_prep.TritonPrepSageProcessor(per_thread=True).core is sage_fused_thread_core
+    model = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    qk_prep.install(model)
+    with caplog.at_level(logging.INFO, logger="wan22bot.gpus.split"):
+        assert make_sequence_parallel(model, rank=0, n=1) == len(model.blocks)
+    assert f"(core: {sage_fused_core.__name__})" in caplog.text
+
+def test_int8_rounding_is_half_to_even_as_torch_round():
+    """The kernels round x.5 ties to even, as torch.round (and so quantize_q) does; the Q test above
+    tolerates one-step differences near ties, so the rule is pinned here on exact ties."""
+
+    @triton.jit
+    def rne_kernel(x_ptr, o_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(o_ptr + i, qk_prep.rne(tl.load(x_ptr + i)))
+
+    x = torch.tensor([-127.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 126.5, 0.49999997, -3.2, 7.7, 0.0, 100.0, -0.0,
+                      64.5], device=DEV)
+    out = torch.empty_like(x)
+    rne_kernel[(1,)](x, out, N=16)
+    assert torch.equal(out, torch.round(x))

@@ -208,3 +208,14 @@ def test_group_constants_match_the_kernel_tiles():
     # the sm90 kernel's CTA_Q = 64 rows in 4 warps, CTA_K = 128 (its shape checks)
     assert sage_prequant.CTA_Q // sage_prequant.WARP_Q == 4 and sage_prequant.CTA_K == 128
     assert math.prod((2, 4, 2)) == len(SPEC_ORDER) == 16
+
+
+def test_k_takes_a_smoothing_mean_handed_over():
+    """The Triton K prep hands quantize_k the mean it summed; quantize_k must subtract that one."""
+    _, k, _ = _qkv(s=300, h=2)
+    given = (k.float().mean(dim=1, keepdim=True) + 0.75).to(k.dtype)
+    k8, scale, km = quantize_k(k, True, mean=given)
+    assert km is given
+    own8, _, _ = quantize_k(k, True)
+    assert not torch.equal(k8, own8)
+    _check_int8(k8, scale, k.float() - given.float(), _k_groups(384, True), 300)
