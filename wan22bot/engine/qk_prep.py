@@ -86,10 +86,11 @@ if triton is not None:
         return cos.to(tl.float32), sin.to(tl.float32)
 
     @triton.jit
-    def qkprep_q_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q8_ptr, qs_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
-                 stride_ob, stride_os, n_scales, eps,
-                 HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
-                 PER_THREAD: tl.constexpr):
+    def program_rows(x_ptr, cos_ptr, sin_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs, eps,
+                     HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+        """What both kernels start with (inlined, as every jit helper): this program's rows of
+        batch b, which of them exist, the batch's projection, their RMS norm factors and the
+        rotary tables for them."""
         blk = tl.program_id(0)
         b = tl.program_id(1)
         rows = blk * ROWS + tl.arange(0, ROWS)
@@ -97,6 +98,15 @@ if triton is not None:
         xb = x_ptr + b * stride_xb
         rstd = row_rstd(xb, rows, live, stride_xs, eps, HEADS * D, ROWS, CHUNK)
         cos, sin = rope_tables(cos_ptr + b * stride_cb, sin_ptr + b * stride_cb, rows, live, stride_cs, D)
+        return blk, b, rows, live, xb, rstd, cos, sin
+
+    @triton.jit
+    def qkprep_q_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, q8_ptr, qs_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
+                 stride_ob, stride_os, n_scales, eps,
+                 HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+                 PER_THREAD: tl.constexpr):
+        blk, b, rows, live, xb, rstd, cos, sin = program_rows(x_ptr, cos_ptr, sin_ptr, S, stride_xb, stride_xs,
+                                                             stride_cb, stride_cs, eps, HEADS, D, ROWS, CHUNK)
         dcols = tl.arange(0, D)
         G: tl.constexpr = ROWS // 16
         for h in range(HEADS):
@@ -123,13 +133,8 @@ if triton is not None:
     def qkprep_k_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, sum_ptr, S, stride_xb, stride_xs, stride_cb, stride_cs,
                  stride_ob, stride_os, stride_sb, stride_sp, eps,
                  HEADS: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
-        blk = tl.program_id(0)
-        b = tl.program_id(1)
-        rows = blk * ROWS + tl.arange(0, ROWS)
-        live = rows < S
-        xb = x_ptr + b * stride_xb
-        rstd = row_rstd(xb, rows, live, stride_xs, eps, HEADS * D, ROWS, CHUNK)
-        cos, sin = rope_tables(cos_ptr + b * stride_cb, sin_ptr + b * stride_cb, rows, live, stride_cs, D)
+        blk, b, rows, live, xb, rstd, cos, sin = program_rows(x_ptr, cos_ptr, sin_ptr, S, stride_xb, stride_xs,
+                                                             stride_cb, stride_cs, eps, HEADS, D, ROWS, CHUNK)
         dcols = tl.arange(0, D)
         for h in range(HEADS):
             r = head_rope(xb, w_ptr, rows, live, rstd, cos, sin, stride_xs, h, D, ROWS)
