@@ -465,19 +465,17 @@ def install_fast_decode(vae, compile: bool | None = None) -> FastDecodeReport:
         # per group: a graph per dtype, layout, prefix kind and one-frame/longer chunk
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
     state = _State(compile=compile, report=report)
+    # module class -> its fused forward and the report's count of them
+    kinds = ((akw.WanResidualBlock, _residual_forward, "residual_blocks"),
+             (akw.WanCausalConv3d, _causal_conv_forward, "causal_convs"),
+             (akw.WanRMS_norm, _norm_forward, "norms"),
+             (akw.WanResample, _resample_forward, "upsamplers"))
     for m in dec.modules():
-        if isinstance(m, akw.WanResidualBlock):
-            _patch(state, m, _residual_forward)
-            report.residual_blocks += 1
-        elif isinstance(m, akw.WanCausalConv3d):
-            _patch(state, m, _causal_conv_forward)
-            report.causal_convs += 1
-        elif isinstance(m, akw.WanRMS_norm):
-            _patch(state, m, _norm_forward)
-            report.norms += 1
-        elif isinstance(m, akw.WanResample):
-            _patch(state, m, _resample_forward)
-            report.upsamplers += 1
+        for cls, forward, count in kinds:
+            if isinstance(m, cls):
+                _patch(state, m, forward)
+                setattr(report, count, getattr(report, count) + 1)
+                break
     _patch(state, dec, _decoder_forward)
     # the blocks' and the head's norms are fused into their steps: count only those run on their own
     report.norms -= 2 * report.residual_blocks + 1
