@@ -152,15 +152,11 @@ async def test_a_job_settled_just_as_it_is_claimed_again_leaves_nothing_out(redi
     assert b.dispatcher.health().state == "idle"
 
 
-async def test_stop_ends_the_dispatcher_even_if_its_cancellation_is_lost_inside_an_await(redis_backend,
-                                                                                         monkeypatch):
-    """Seen in the suite about once in five runs: stop() hung for good while an entry waited for a
-    worker, the dispatch loop polling the stream on, its cancellation lost inside one of its awaits
-    (asyncio.wait_for on Python 3.11, or the Redis client). Here an await swallows it on purpose."""
-    from wan22bot.queue.dispatcher import Dispatcher
-
-    b = redis_backend
-    real = Dispatcher._last_delivered
+def _deaf_once(monkeypatch, cls, name: str, go_on: bool):
+    """Replace cls.name by an await that loses its first cancellation, then either carries on into
+    the real method (go_on) or returns None, as a read that found nothing. Returns the event set
+    while it waits, and the list that records the lost cancellation."""
+    real = getattr(cls, name)
     inside = asyncio.Event()
     swallowed: list[bool] = []
 
@@ -172,12 +168,26 @@ async def test_stop_ends_the_dispatcher_even_if_its_cancellation_is_lost_inside_
             if swallowed:
                 raise
             swallowed.append(True)
+            if not go_on:
+                return None
             asyncio.current_task().uncancel()
         finally:
             inside.clear()
         return await real(self)
 
-    monkeypatch.setattr(Dispatcher, "_last_delivered", deaf_once)
+    monkeypatch.setattr(cls, name, deaf_once)
+    return inside, swallowed
+
+
+async def test_stop_ends_the_dispatcher_even_if_its_cancellation_is_lost_inside_an_await(redis_backend,
+                                                                                         monkeypatch):
+    """Seen in the suite about once in five runs: stop() hung for good while an entry waited for a
+    worker, the dispatch loop polling the stream on, its cancellation lost inside one of its awaits
+    (asyncio.wait_for on Python 3.11, or the Redis client). Here an await swallows it on purpose."""
+    from wan22bot.queue.dispatcher import Dispatcher
+
+    b = redis_backend
+    inside, swallowed = _deaf_once(monkeypatch, Dispatcher, "_last_delivered", go_on=True)
     await b.submit()  # no worker reads: its entry waits, and the dispatch loop polls for it
     await asyncio.wait_for(inside.wait(), 5)
     stopping = asyncio.create_task(b.dispatcher.stop())
@@ -194,24 +204,7 @@ async def test_a_workers_read_loop_ends_even_if_its_cancellation_is_lost_inside_
     from wan22bot.queue.remote import RemoteQueue
 
     b = redis_backend
-    real = RemoteQueue._take
-    inside = asyncio.Event()
-    swallowed: list[bool] = []
-
-    async def deaf_once(self):
-        inside.set()
-        try:
-            await asyncio.sleep(0.5)
-        except asyncio.CancelledError:
-            if swallowed:
-                raise
-            swallowed.append(True)
-            return None  # as a read that lost the cancellation and found nothing
-        finally:
-            inside.clear()
-        return await real(self)
-
-    monkeypatch.setattr(RemoteQueue, "_take", deaf_once)
+    inside, swallowed = _deaf_once(monkeypatch, RemoteQueue, "_take", go_on=False)
     reading = asyncio.create_task(b.work.next_job())
     await asyncio.wait_for(inside.wait(), 5)
     reading.cancel()
