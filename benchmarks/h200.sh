@@ -22,6 +22,9 @@
 #                                then coldstart81; ~7 min
 #   benchmarks/h200.sh round7e2e photo -> MP4 at 81 frames (default path, stock pass beside it), then under a
 #                                32 GiB cap with memory = "auto"; ~9 min
+#   benchmarks/h200.sh round8    the default path as landed (with the block kernels) against round 7's (without)
+#                                at 81 and 25 frames, then the kernels alone (bench.block_kernels); ~7 min
+#   benchmarks/h200.sh round8e2e photo -> MP4 at 81 frames and under the 32 GiB cap, as round7e2e; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -194,6 +197,29 @@ step_round7e2e() {
     echo "e2e81: exit $? ($(date -u +%H:%M:%S))"
     timeout "${CAP_LIMIT:-290}" python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 \
         --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-round7.json"
+    echo "auto32: exit $? ($(date -u +%H:%M:%S))"
+}
+
+# the default path with the block kernels (residual + LayerNorm + modulation + fp8, GELU + fp8 in
+# our Triton kernels) against the round-7 default without them, at 81 and 25 frames, then the
+# kernels alone against torch.compile's; each under a time limit so one call holds both
+step_round8() {
+    local d="fp8static+fastacc+sagefused+compile+qkprep"
+    timeout "${LEVERS_LIMIT:-400}" python3 -m wan22bot.bench.levers --frames 81,25 --warmup 1 --repeat 3 \
+        --repeat-large 2 --variants "stock,$d,$d+fusedblock" --large-variants "stock,$d,$d+fusedblock" \
+        --json "$OUT/levers-round8.json"
+    echo "levers: exit $? ($(date -u +%H:%M:%S))"
+    timeout "${MICRO_LIMIT:-120}" python3 -m wan22bot.bench.block_kernels --frames 81 --json "$OUT/block-kernels81.json"
+    echo "block kernels: exit $? ($(date -u +%H:%M:%S))"
+}
+
+step_round8e2e() {
+    random_rife
+    timeout "${E2E_LIMIT:-270}" python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline \
+        --interpolate --frames 81 --repeat 1 --json "$OUT/e2e81-round8.json"
+    echo "e2e81: exit $? ($(date -u +%H:%M:%S))"
+    timeout "${CAP_LIMIT:-290}" python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 \
+        --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-round8.json"
     echo "auto32: exit $? ($(date -u +%H:%M:%S))"
 }
 

@@ -107,6 +107,12 @@ class ModelConfig(_Section):
     # compiled elsewhere. H200, 81 frames: 8.894 against 8.975 s
     # per forward (25 frames: 1.454 against 1.481), error against stock bf16 0.0465 either way.
     qk_prep: Literal["auto", "triton", "compiled"] = "auto"
+    # How the inputs of the blocks' fp8 matmuls are made (engine/block_kernels.py, fused_block.py):
+    # "triton" runs our kernels for residual add + LayerNorm + modulation + fp8 cast and GELU + fp8
+    # cast; "compiled" leaves them to torch.compile; "auto" = triton where the linear layers are fp8
+    # with static scales on a CUDA GPU, the model computes in bf16, the installed diffusers' block is
+    # the one mirrored and the kernels pass a one-call self-check at load; compiled elsewhere.
+    block_kernels: Literal["auto", "triton", "compiled"] = "auto"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
     # The image encode skips the encoder layers that have settled on the black frames after the

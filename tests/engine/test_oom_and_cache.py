@@ -129,3 +129,29 @@ def test_qk_prep_setting_reaches_each_expert(monkeypatch):
     assert ModelConfig().qk_prep == "auto"
     with pytest.raises(ValueError, match="qk_prep"):
         ModelConfig(qk_prep="cuda")
+
+
+def test_block_kernels_setting_reaches_each_expert(monkeypatch):
+    """The generator asks fused_block for each expert with the config's setting, fp8 scaling,
+    weights and compute dtype, and installs the fused forward where it is wanted (forced here)."""
+    from wan22bot.config import ModelConfig
+    from wan22bot.engine import fused_block
+    from wan22bot.engine.generator import TwoPassGenerator
+
+    asked, installed = [], []
+
+    def wanted(setting, model, device, scaling, weights, dtype):
+        asked.append((setting, model, device.type, scaling, weights, dtype))
+        return True, "forced by the test"
+
+    monkeypatch.setattr(fused_block, "wanted", wanted)
+    monkeypatch.setattr(fused_block, "install", lambda model: installed.append(model))
+    gen = TwoPassGenerator(ModelConfig(block_kernels="triton", fp8_scaling="delayed", device="cpu"))
+    gen.load()
+    comps = gen.components
+    assert asked == [("triton", m, "cpu", "delayed", gen.weights, gen.dtype)
+                     for m in (comps.transformer, comps.transformer_2)]
+    assert installed == [comps.transformer, comps.transformer_2]
+    assert ModelConfig().block_kernels == "auto"
+    with pytest.raises(ValueError, match="block_kernels"):
+        ModelConfig(block_kernels="cuda")

@@ -224,6 +224,11 @@ def test_the_benchmarks_default_path_is_the_generators(monkeypatch):
     asked = []
     monkeypatch.setattr(qk_prep, "wanted", lambda setting, backend, device: (asked.append((setting, backend)) or
                                                                               (False, "asked")))
+    from wan22bot.engine import fused_block
+
+    fused_asked = []
+    monkeypatch.setattr(fused_block, "wanted", lambda setting, model, device, scaling, weights:
+                        (fused_asked.append((setting, scaling, weights)) or (False, "asked too")))
     model = WanTransformer3DModel(**TRANSFORMER_CONFIG)
     compiled = []
     monkeypatch.setattr(model, "compile_repeated_blocks", lambda **kw: compiled.append(kw))
@@ -232,8 +237,9 @@ def test_the_benchmarks_default_path_is_the_generators(monkeypatch):
     layers = [m for m in model.blocks.modules() if isinstance(m, FP8Linear)]
     assert layers and all(m.scaling == cfg.fp8_scaling and m.fast_accum == cfg.fp8_fast_accum for m in layers)
     assert asked == [(cfg.qk_prep, "sdpa")] and compiled == [{"fullgraph": True}]
+    assert fused_asked == [(cfg.block_kernels, cfg.fp8_scaling, "fp8")]
     assert path == {"attention": "sdpa (auto)", "fp8_scaling": cfg.fp8_scaling, "fp8_fast_accum": "True",
-                    "qk_prep": "compiled (asked)"}
+                    "qk_prep": "compiled (asked)", "block_kernels": "compiled (asked too)"}
 
 
 def test_offsets_past_32_bits_take_the_eager_path(monkeypatch):

@@ -24,6 +24,8 @@ Variants (each kept only if it runs here):
   fp8delayed      fp8 linear layers, per-tensor scales from the amax of earlier calls
   fastacc         with an fp8 variant: cuBLAS fast accumulation in the fp8 matmuls
   qkprep          with sagefused: Q/K norm, RoPE and int8 in our Triton kernels (`qk_prep = "triton"`)
+  fusedblock      with fp8static: the blocks' fp8 matmul inputs made by our Triton kernels (residual
+                  add + LayerNorm + modulation + fp8, GELU + fp8; `block_kernels = "triton"`)
   cdt             with compile: inductor's coordinate-descent tuning of the kernels it writes
                   (`compile_tuning = "coordinate-descent"`)
 Variants combine with "+", e.g. fp8static+sage+compile. The static/delayed calibration call uses
@@ -103,7 +105,10 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 def set_stock(model) -> None:
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+    from ..engine import fused_block
+
     model.reset_attention_backend() if hasattr(model, "reset_attention_backend") else None
+    fused_block.uninstall(model)
     for blk in model.blocks:
         blk.attn1.set_processor(WanAttnProcessor())
         blk.attn2.set_processor(WanAttnProcessor())
@@ -215,6 +220,13 @@ def main(argv=None) -> int:
 
             qk_prep.install(model, per_thread=(False if "sagefusedwarp" in parts else
                                                True if "sagefusedthread" in parts else None))
+        if "fusedblock" in parts:
+            from ..engine import block_kernels, fused_block
+
+            n = fused_block.install(model)
+            results.setdefault("block_kernels_self_check", block_kernels.self_check(dev))
+            print(f"fused block forward in {n} blocks; kernels' self-check error "
+                  f"{results['block_kernels_self_check']:.4f}", flush=True)
         if "sagewarp" in parts and "sage_warp" not in results:
             import sageattention  # type: ignore[import-not-found]
 

@@ -42,6 +42,11 @@ class CoreAttnProcessor:
             q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
+        return self.attend(attn, q, k, v, rotary_emb, attention_mask, cross)
+
+    def attend(self, attn, q, k, v, rotary_emb=None, attention_mask=None, cross=False):
+        """Everything after the q/k/v projections (B, S, H*D), through the output projection: what
+        engine/fused_block.py calls with projections it computed from its own fp8 inputs."""
         q = attn.norm_q(q).unflatten(2, (attn.heads, -1))
         k = attn.norm_k(k).unflatten(2, (attn.heads, -1))
         v = v.unflatten(2, (attn.heads, -1))

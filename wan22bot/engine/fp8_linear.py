@@ -150,6 +150,25 @@ class FP8Linear(nn.Module):
             out[i:i + step] = part
         return out
 
+    def static_input_scale_ready(self) -> bool:
+        """Whether the input scale is frozen and the matmul runs in fp8: then a caller may hand
+        `forward_quantized` an input it quantised itself with `input_scale()`."""
+        return self.use_scaled_mm and self.scaling == "static" and self.calibrated
+
+    def input_scale(self) -> torch.Tensor:
+        """The frozen per-tensor input scale (0-dim fp32) of static scaling: x ~ x_e4m3 * scale."""
+        return self.amax_history[0] / E4M3_MAX
+
+    def forward_quantized(self, xq: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """The layer on an e4m3 input (..., in) quantised with the per-tensor `scale`, as this layer
+        would quantise it: clamp(x / scale) to e4m3 (engine/block_kernels.py)."""
+        shape = xq.shape
+        bias = None if self.bias is None else self.bias.to(out_dtype)
+        out = torch._scaled_mm(xq.reshape(-1, shape[-1]), self.weight_fp8.t(), scale_a=scale,
+                               scale_b=self.weight_scale, bias=bias, out_dtype=out_dtype,
+                               use_fast_accum=self.fast_accum)
+        return out.reshape(*shape[:-1], self.out_features)
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}, scaling={self.scaling}"
 

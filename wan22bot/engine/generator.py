@@ -238,6 +238,15 @@ class TwoPassGenerator:
             if use:
                 qk_prep.install(getattr(comps, key))
             log.info("%s: Q/K prep %s (%s)", key, "triton" if use else "compiled", why)
+        from . import fused_block
+
+        for key in ("transformer", "transformer_2"):
+            model = getattr(comps, key)
+            use, why = fused_block.wanted(self.cfg.block_kernels, model, self.device, self.cfg.fp8_scaling,
+                                          self.weights, dtype=self.dtype)
+            if use:
+                fused_block.install(model)
+            log.info("%s: block kernels %s (%s)", key, "triton" if use else "compiled", why)
         log.info("attention: high-noise expert %s; low-noise expert %s", high.describe(), low.describe())
         self.pipe = WanImageToVideoPipeline(
             tokenizer=comps.tokenizer,

@@ -316,21 +316,27 @@ class TritonPrepSageProcessor:
         if (encoder_hidden_states is not None or rotary_emb is None or attention_mask is not None
                 or hidden_states.dtype != torch.bfloat16):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        from .sage_prequant import quantize_v, sage_sm90_prequant
-
         if getattr(attn, "fused_projections", False):
             q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        return self.attend(attn, q, k, v, rotary_emb)
+
+    def attend(self, attn, q, k, v, rotary_emb=None, attention_mask=None, cross=False):
+        """Everything after the q/k/v projections (B, S, H*D), through the output projection."""
+        if cross or rotary_emb is None or attention_mask is not None or q.dtype != torch.bfloat16:
+            return self.fallback.attend(attn, q, k, v, rotary_emb, attention_mask, cross)
+        from .sage_prequant import quantize_v, sage_sm90_prequant
+
         heads = attn.heads
         cos, sin = rotary_emb
         q8, qs = q_int8(q, attn.norm_q.weight, _eps(attn.norm_q, q.dtype), cos, sin, heads, self.per_thread)
         kr, km = k_roped(k, attn.norm_k.weight, _eps(attn.norm_k, k.dtype), cos, sin, heads)
         k8, ks, _ = quantize_k(kr, self.per_thread, mean=km)
         v8, vs = quantize_v(v.unflatten(2, (heads, -1)))
-        s = hidden_states.shape[1]
+        s = q.shape[1]
         out = sage_sm90_prequant(q8, k8, v8, qs, ks, vs, s, kr.shape[-1] ** -0.5, self.per_thread)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(q)))
 
 
 def install(model: torch.nn.Module, per_thread: bool | None = None) -> int:
