@@ -88,6 +88,19 @@ def test_residual_add_is_rounded_written_and_normalised(gated):
     assert _steps_apart(swapped[1], q[1]).float().mean() > 0.2
 
 
+@pytest.mark.parametrize("choice", ["1x8x4", "1x4x4p", "2x3x4p", "4x1x2"])
+def test_every_tiling_and_prefetching_gives_the_same_values(choice):
+    """The benchmark's choices of rows per step, steps per program and prefetching (37 rows: no
+    choice divides them) all compute the same thing."""
+    x, a, gate, m, sh = _stream(b=2)
+    inv = torch.tensor(INV, device=DEV)
+    new, q = bk.launch_norm(x, a, gate, m, sh, inv, 1e-6, choice)
+    want_new, want_q = bk.launch_norm(x, a, gate, m, sh, inv, 1e-6, "1x1x4")
+    assert torch.equal(new, want_new) and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+    assert bk.launch_norm(x, None, None, m, sh, inv, 1e-6, choice)[1].view(torch.uint8).equal(
+        bk.launch_norm(x, None, None, m, sh, inv, 1e-6, "1x1x4")[1].view(torch.uint8))
+
+
 def test_per_channel_weight_and_bias_as_norm2_passes_them():
     x, a, gate, _, _ = _stream()
     w, bias = (1 + 0.3 * torch.randn(320)).to(DEV), (0.1 * torch.randn(320)).to(DEV)

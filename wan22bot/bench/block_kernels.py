@@ -8,8 +8,9 @@ At Wan's full size (5120 channels, FFN 13824, 832x1216, `--frames` frames) on ra
   norm2   x + a * gate -> LayerNorm (affine) -> bf16 -> fp8, and the new residual stream
   norm3   x + a -> LayerNorm -> modulation -> bf16 -> fp8, and the new residual stream
   gelu    tanh GELU -> bf16 -> fp8
-for each choice of the norm kernel's rows per step x steps per program x warps and the GELU
-kernel's elements x warps per program, with the share of fp8 values that differ from eager
+for each choice of the norm kernel's rows per step x steps per program x warps (and prefetching)
+and the GELU kernel's elements x warps per program (and division), with the default choices
+(engine/block_kernels.py NORM_CHOICE, GELU_CHOICE) marked, and with the share of fp8 values that differ from eager
 PyTorch and by how many e4m3 steps, and "ideal": the kernel's own memory traffic at 4.8 TB/s.
 Run: python -m wan22bot.bench.block_kernels --frames 81 --json out.json
 """
@@ -29,9 +30,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--norm-choices", default="1x8x8,1x16x8,1x8x4,2x4x8,2x8x16,4x4x16,1x4x16",
-                    help="rows per step x steps per program x warps for the norm kernel")
-    ap.add_argument("--gelu-choices", default="1024x4,2048x8,4096x8,8192x16", help="elements x warps for GELU")
+    ap.add_argument("--norm-choices", default="1x8x4,1x8x4p,1x16x4p,1x8x8,1x16x8,1x16x8p,1x8x2,1x8x2p,1x32x4p",
+                    help="rows per step x steps per program x warps for the norm kernel, 'p': prefetching")
+    ap.add_argument("--gelu-choices", default="1024x4,1024x4f,2048x8f,512x2f,4096x8f",
+                    help="elements x warps for GELU, 'f': the approximate division")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -134,20 +136,18 @@ def main(argv=None) -> int:
     t, out = timed(lambda: c_gelu(h))
     record("gelu", "compiled", t, out)
     for choice in args.norm_choices.split(","):
-        r, steps, warps = (int(v) for v in choice.split("x"))
         try:
-            t, out = timed(lambda: bk.launch_norm(x, None, None, m, sh, inv, eps, r, steps, warps))
+            t, out = timed(lambda: bk.launch_norm(x, None, None, m, sh, inv, eps, choice))
             record("norm1", f"triton {choice}", t, out[1])
-            t, out = timed(lambda: bk.launch_norm(x, a, gate, w, bias, inv, eps, r, steps, warps))
+            t, out = timed(lambda: bk.launch_norm(x, a, gate, w, bias, inv, eps, choice))
             record("norm2", f"triton {choice}", t, out[1])
-            t, out = timed(lambda: bk.launch_norm(x, a, None, m, sh, inv, eps, r, steps, warps))
+            t, out = timed(lambda: bk.launch_norm(x, a, None, m, sh, inv, eps, choice))
             record("norm3", f"triton {choice}", t, out[1])
         except Exception as exc:  # a choice that does not fit the registers, say
             results["rows"].append({"kernel": "norm", "variant": f"triton {choice}", "error": repr(exc)})
             print(f"norm   triton {choice}: {exc!r}", flush=True)
     for choice in args.gelu_choices.split(","):
-        block, warps = (int(v) for v in choice.split("x"))
-        t, out = timed(lambda: bk.launch_gelu(h, inv, block, warps))
+        t, out = timed(lambda: bk.launch_gelu(h, inv, choice))
         record("gelu", f"triton {choice}", t, out)
     if args.json:
         with open(args.json, "w") as fh:

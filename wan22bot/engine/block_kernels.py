@@ -72,10 +72,31 @@ if triton is not None:
         return tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32)[None, :]
 
     @triton.jit
+    def _rows(x_ptr, a_ptr, b, S, blk, step, ca, cb, all_a, mb, C: tl.constexpr, R: tl.constexpr,
+              STEPS: tl.constexpr, RESID: tl.constexpr):
+        """One step's R rows of x (and of a): fp32 tiles, masked past S, past C and past the
+        program's last step (which a prefetch asks for)."""
+        rows = (blk * STEPS + step) * R + tl.arange(0, R)
+        live = ((rows < S) & (step < STEPS))[:, None]
+        off = (b.to(tl.int64) * S + rows.to(tl.int64))[:, None] * C
+        la, lb = live & all_a[None, :], live & mb[None, :]
+        xa = tl.load(x_ptr + off + ca[None, :], mask=la, other=0.0).to(tl.float32)
+        xb = tl.load(x_ptr + off + cb[None, :], mask=lb, other=0.0).to(tl.float32)
+        if RESID > 0:
+            aa = tl.load(a_ptr + off + ca[None, :], mask=la, other=0.0).to(tl.float32)
+            ab = tl.load(a_ptr + off + cb[None, :], mask=lb, other=0.0).to(tl.float32)
+        else:
+            aa = xa
+            ab = xb
+        return off, la, lb, xa, xb, aa, ab
+
+    @triton.jit
     def residual_norm_fp8_kernel(x_ptr, a_ptr, g_ptr, m_ptr, c_ptr, inv_ptr, xo_ptr, q_ptr, S, stride_vb, eps,
                                  C: tl.constexpr, CA: tl.constexpr, CB: tl.constexpr, R: tl.constexpr,
-                                 STEPS: tl.constexpr, RESID: tl.constexpr, HW: tl.constexpr):
-        """Rows [blk * R * STEPS, ...) of batch b, R at a time. RESID: 0 none, 1 x + a, 2 x + a * g."""
+                                 STEPS: tl.constexpr, RESID: tl.constexpr, PREFETCH: tl.constexpr,
+                                 HW: tl.constexpr):
+        """Rows [blk * R * STEPS, ...) of batch b, R at a time. RESID: 0 none, 1 x + a, 2 x + a * g.
+        PREFETCH: the next step's rows are loaded before this step's arithmetic."""
         blk = tl.program_id(0)
         b = tl.program_id(1)
         ca = tl.arange(0, CA)
@@ -87,16 +108,16 @@ if triton is not None:
         if RESID == 2:
             g_a, g_b = _vec(g_ptr + b * stride_vb, ca, all_a), _vec(g_ptr + b * stride_vb, cb, mb)
         inv = tl.load(inv_ptr)
+        if PREFETCH:
+            off, la, lb, xa, xb, aa, ab = _rows(x_ptr, a_ptr, b, S, blk, 0, ca, cb, all_a, mb, C, R, STEPS, RESID)
         for step in range(STEPS):
-            rows = (blk * STEPS + step) * R + tl.arange(0, R)
-            live = (rows < S)[:, None]
-            off = (b.to(tl.int64) * S + rows.to(tl.int64))[:, None] * C
-            la, lb = live & all_a[None, :], live & mb[None, :]
-            xa = tl.load(x_ptr + off + ca[None, :], mask=la, other=0.0).to(tl.float32)
-            xb = tl.load(x_ptr + off + cb[None, :], mask=lb, other=0.0).to(tl.float32)
+            if PREFETCH:
+                n_off, n_la, n_lb, n_xa, n_xb, n_aa, n_ab = _rows(x_ptr, a_ptr, b, S, blk, step + 1, ca, cb, all_a,
+                                                                  mb, C, R, STEPS, RESID)
+            else:
+                off, la, lb, xa, xb, aa, ab = _rows(x_ptr, a_ptr, b, S, blk, step, ca, cb, all_a, mb, C, R, STEPS,
+                                                    RESID)
             if RESID > 0:
-                aa = tl.load(a_ptr + off + ca[None, :], mask=la, other=0.0).to(tl.float32)
-                ab = tl.load(a_ptr + off + cb[None, :], mask=lb, other=0.0).to(tl.float32)
                 if RESID == 2:
                     aa = aa * g_a
                     ab = ab * g_b
@@ -113,14 +134,20 @@ if triton is not None:
             yb = as_bf16(db * rstd * m_b + c_b, HW)
             tl.store(q_ptr + off + ca[None, :], as_e4m3(ya, inv, HW), mask=la)
             tl.store(q_ptr + off + cb[None, :], as_e4m3(yb, inv, HW), mask=lb)
+            if PREFETCH:
+                off, la, lb, xa, xb, aa, ab = n_off, n_la, n_lb, n_xa, n_xb, n_aa, n_ab
 
     @triton.jit
-    def gelu_fp8_kernel(h_ptr, inv_ptr, q_ptr, n, BLOCK: tl.constexpr, HW: tl.constexpr):
+    def gelu_fp8_kernel(h_ptr, inv_ptr, q_ptr, n, BLOCK: tl.constexpr, FAST_DIV: tl.constexpr, HW: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
         h = tl.load(h_ptr + offs, mask=live, other=0.0).to(tl.float32)
         u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
-        g = as_bf16(h / (1.0 + tl.exp(-2.0 * u)), HW)
+        if FAST_DIV:  # the hardware's approximate division (2 ulp), not IEEE's
+            g = tl.fdiv(h, 1.0 + tl.exp(-2.0 * u))
+        else:
+            g = h / (1.0 + tl.exp(-2.0 * u))
+        g = as_bf16(g, HW)
         tl.store(q_ptr + offs, as_e4m3(g, tl.load(inv_ptr), HW), mask=live)
 
 
@@ -129,10 +156,25 @@ def available() -> str | None:
     return None if triton is not None else "triton is not installed (it comes with CUDA builds of PyTorch)"
 
 
-# rows per step and steps per program, and warps, of the norm kernel; elements and warps per
-# program of the GELU kernel (`python -m wan22bot.bench.block_kernels` times other choices)
-NORM_R, NORM_STEPS, NORM_WARPS = 1, 8, 8
-GELU_BLOCK, GELU_WARPS = 2048, 8
+# The norm kernel's rows per step, steps per program, warps and prefetching, per kind of call
+# (0: no residual add, 1: x + a, 2: x + a * gate); the GELU kernel's elements and warps per program
+# and division. `python -m wan22bot.bench.block_kernels` times other choices.
+NORM_CHOICE = {0: "1x8x4", 1: "1x8x4", 2: "1x16x8"}
+GELU_CHOICE = "1024x4f"
+
+
+def parse_norm_choice(choice: str) -> tuple[int, int, int, bool]:
+    """"RxSTEPSxWARPS" with a trailing "p" for prefetching -> (r, steps, warps, prefetch)."""
+    prefetch = choice.endswith("p")
+    r, steps, warps = (int(v) for v in choice.rstrip("p").split("x"))
+    return r, steps, warps, prefetch
+
+
+def parse_gelu_choice(choice: str) -> tuple[int, int, bool]:
+    """"BLOCKxWARPS" with a trailing "f" for the approximate division -> (block, warps, fast_div)."""
+    fast = choice.endswith("f")
+    block, warps = (int(v) for v in choice.rstrip("f").split("x"))
+    return block, warps, fast
 
 
 def _hw(device: torch.device) -> bool:
@@ -174,7 +216,7 @@ def _check(x: torch.Tensor, what: str) -> None:
 def norm_fp8(x: torch.Tensor, m: torch.Tensor, c: torch.Tensor, inv_scale: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, S, C) bf16 -> e4m3(clamp(bf16(layer_norm(x) * m + c) * inv_scale, +-448)), m and c
     (1 or B, 1, C) or (C,). An opaque op for torch.compile."""
-    return launch_norm(x, None, None, m, c, inv_scale, eps, NORM_R, NORM_STEPS, NORM_WARPS)[1]
+    return launch_norm(x, None, None, m, c, inv_scale, eps, NORM_CHOICE[0])[1]
 
 
 @norm_fp8.register_fake
@@ -187,7 +229,7 @@ def residual_norm_fp8(x: torch.Tensor, a: torch.Tensor, gate: torch.Tensor | Non
                       c: torch.Tensor, inv_scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, C) bf16 residual stream and addend -> (new, norm_fp8(new, m, c, inv_scale, eps)) with
     new = bf16(x + a * gate), or bf16(x + a) when gate is None. An opaque op for torch.compile."""
-    return launch_norm(x, a, gate, m, c, inv_scale, eps, NORM_R, NORM_STEPS, NORM_WARPS)
+    return launch_norm(x, a, gate, m, c, inv_scale, eps, NORM_CHOICE[1 if gate is None else 2])
 
 
 @residual_norm_fp8.register_fake
@@ -195,9 +237,10 @@ def _(x, a, gate, m, c, inv_scale, eps):
     return torch.empty_like(x), x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
 
 
-def launch_norm(x, a, gate, m, c, inv_scale, eps, r, steps, warps):
-    """The norm kernel with `r` rows per step, `steps` steps per program, `warps` warps; returns
-    (the new stream, or None without an addend; the e4m3 tensor)."""
+def launch_norm(x, a, gate, m, c, inv_scale, eps, choice):
+    """The norm kernel with `choice` (parse_norm_choice); returns (the new stream, or None
+    without an addend; the e4m3 tensor)."""
+    r, steps, warps, prefetch = parse_norm_choice(choice)
     _check(x, "the norm kernel")
     if a is not None:
         _check(a, "the norm kernel")
@@ -218,23 +261,25 @@ def launch_norm(x, a, gate, m, c, inv_scale, eps, r, steps, warps):
         residual_norm_fp8_kernel[(triton.cdiv(s, r * steps), b)](
             x, a if a is not None else x, g, m, c, inv_scale.float().reshape(1), xo if xo is not None else x, q, s,
             ch if m.shape[0] > 1 else 0, eps, C=ch, CA=ca, CB=cb, R=r, STEPS=steps, RESID=resid,
-            HW=_hw(x.device), enable_fp_fusion=False, num_warps=warps)
+            PREFETCH=prefetch, HW=_hw(x.device), enable_fp_fusion=False, num_warps=warps)
     return xo, q
 
 
 @torch.library.custom_op("wan22bot::gelu_fp8", mutates_args=())
 def gelu_fp8(h: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
     """bf16 -> e4m3(clamp(bf16(gelu_tanh(h)) * inv_scale, +-448)), any shape. An opaque op."""
-    return launch_gelu(h, inv_scale, GELU_BLOCK, GELU_WARPS)
+    return launch_gelu(h, inv_scale, GELU_CHOICE)
 
 
-def launch_gelu(h, inv_scale, block, warps):
+def launch_gelu(h, inv_scale, choice):
+    """The GELU kernel with `choice` (parse_gelu_choice)."""
+    block, warps, fast_div = parse_gelu_choice(choice)
     _check(h, "gelu_fp8")
     q = torch.empty(h.shape, dtype=torch.float8_e4m3fn, device=h.device)
     n = h.numel()
     with _on(h.device):
         gelu_fp8_kernel[(triton.cdiv(n, block),)](h, inv_scale.float().reshape(1), q, n, BLOCK=block,
-                                                  HW=_hw(h.device), num_warps=warps)
+                                                  FAST_DIV=fast_div, HW=_hw(h.device), num_warps=warps)
     return q
 
 
