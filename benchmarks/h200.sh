@@ -24,6 +24,8 @@
 #                                32 GiB cap with memory = "auto"; ~9 min
 #   benchmarks/h200.sh round8    the default path as landed (with the block kernels) against round 7's (without)
 #                                at 81 and 25 frames, then the kernels alone (bench.block_kernels); ~7 min
+#   benchmarks/h200.sh round8b   the default path with and without the block kernels alternated (bench.block_ab),
+#                                then coldstart81; ~6 min
 #   benchmarks/h200.sh round8e2e photo -> MP4 at 81 frames and under the 32 GiB cap, as round7e2e; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
@@ -211,6 +213,14 @@ step_round8() {
     echo "levers: exit $? ($(date -u +%H:%M:%S))"
     timeout "${MICRO_LIMIT:-120}" python3 -m wan22bot.bench.block_kernels --frames 81 --json "$OUT/block-kernels81.json"
     echo "block kernels: exit $? ($(date -u +%H:%M:%S))"
+}
+
+# the default path with and without the block kernels alternated in one process against stock
+# (bench.block_ab), then the first compiled call at 81 frames cold and after a restart; ~6 min
+step_round8b() {
+    timeout "${AB_LIMIT:-330}" python3 -m wan22bot.bench.block_ab --frames 81,25 --json "$OUT/block-ab.json"
+    echo "block_ab: exit $? ($(date -u +%H:%M:%S))"
+    step_coldstart81
 }
 
 step_round8e2e() {

@@ -158,8 +158,10 @@ def available() -> str | None:
 
 # The norm kernel's rows per step, steps per program, warps and prefetching, per kind of call
 # (0: no residual add, 1: x + a, 2: x + a * gate); the GELU kernel's elements and warps per program
-# and division. `python -m wan22bot.bench.block_kernels` times other choices.
-NORM_CHOICE = {0: "1x8x4", 1: "1x8x4", 2: "1x16x8"}
+# and division. `python -m wan22bot.bench.block_kernels` times other choices. H200, 81 frames
+# (docs/perf/2026-11-29-h200-round8-block-kernels81-b.json): norm 0.526 ms (compiled, three
+# copies: 1.669), x + a 0.866 (1.146), x + a * gate 0.824 (1.185), GELU 1.114 (1.658).
+NORM_CHOICE = {0: "1x32x4p", 1: "1x8x4", 2: "1x32x4p"}
 GELU_CHOICE = "1024x4f"
 
 
