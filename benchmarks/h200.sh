@@ -191,15 +191,20 @@ step_round7() {
 }
 
 # photo -> MP4 at 81 frames with RIFE on the default path (stock pass beside it), then the same
-# under a 32 GiB cap with memory = "auto" (which picks swap there); each under a time limit; ~9 min
-step_round7e2e() {
+# under a 32 GiB cap with memory = "auto" (which picks swap there); each under a time limit; ~9 min.
+# $1 names the round in the output files.
+e2e_and_cap32() {
     random_rife
     timeout "${E2E_LIMIT:-270}" python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline \
-        --interpolate --frames 81 --repeat 1 --json "$OUT/e2e81-round7.json"
+        --interpolate --frames 81 --repeat 1 --json "$OUT/e2e81-$1.json"
     echo "e2e81: exit $? ($(date -u +%H:%M:%S))"
     timeout "${CAP_LIMIT:-290}" python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 \
-        --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-round7.json"
+        --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-$1.json"
     echo "auto32: exit $? ($(date -u +%H:%M:%S))"
+}
+
+step_round7e2e() {
+    e2e_and_cap32 round7
 }
 
 # the default path with the block kernels (residual + LayerNorm + modulation + fp8, GELU + fp8 in
@@ -224,13 +229,7 @@ step_round8b() {
 }
 
 step_round8e2e() {
-    random_rife
-    timeout "${E2E_LIMIT:-270}" python3 -m wan22bot bench -c benchmarks/default.toml --random-weights --baseline \
-        --interpolate --frames 81 --repeat 1 --json "$OUT/e2e81-round8.json"
-    echo "e2e81: exit $? ($(date -u +%H:%M:%S))"
-    timeout "${CAP_LIMIT:-290}" python3 -m wan22bot bench -c benchmarks/auto32.toml --random-weights --frames 81 \
-        --repeat 1 --interpolate --memory-cap-gib 32 --json "$OUT/e2e-auto32-round8.json"
-    echo "auto32: exit $? ($(date -u +%H:%M:%S))"
+    e2e_and_cap32 round8
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second

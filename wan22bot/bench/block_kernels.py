@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -40,6 +39,7 @@ def main(argv=None) -> int:
     import torch
 
     from ..engine import block_kernels as bk
+    from .cuda_timer import median_seconds
 
     dev = torch.device("cuda")
     c, ffn = 5120, 13824
@@ -82,18 +82,7 @@ def main(argv=None) -> int:
         return bk.eager_gelu(h, inv)
 
     def timed(fn):
-        with torch.no_grad():
-            out = fn()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(args.repeat):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                fn()
-                e1.record()
-                torch.cuda.synchronize()
-                times.append(e0.elapsed_time(e1) / 1e3)
-        return statistics.median(times), out
+        return median_seconds(fn, args.repeat)
 
     def steps_apart(got, want):
         def ordinal(t):

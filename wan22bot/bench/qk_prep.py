@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -36,6 +35,7 @@ def main(argv=None) -> int:
     from ..engine import qk_prep
     from ..engine.custom_attention import rotary
     from ..engine.sage_prequant import DEFAULT_PER_THREAD, quantize_k, quantize_q
+    from .cuda_timer import median_seconds
 
     dev = torch.device("cuda")
     per_thread = args.per_thread or DEFAULT_PER_THREAD
@@ -67,19 +67,8 @@ def main(argv=None) -> int:
     def k_tail(kr, km):
         return quantize_k(kr, per_thread, mean=km)
 
-    def timed(fn):
-        with torch.no_grad():
-            fn()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(args.repeat):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b))
-        return statistics.median(times)
+    def timed(fn):  # milliseconds
+        return median_seconds(fn, args.repeat)[0] * 1e3
 
     result = {"card": torch.cuda.get_device_name(dev), "torch": torch.__version__, "frames": args.frames,
               "per_thread": per_thread,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -34,17 +33,9 @@ def _inputs(s: int, device, seed: int = 0):
 
 
 def _ms(fn, warmup=2, iters=5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    from .cuda_timer import median_seconds
+
+    return median_seconds(fn, iters, warmup)[0] * 1e3
 
 
 def _rel(a, b) -> float:

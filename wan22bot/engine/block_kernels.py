@@ -345,21 +345,9 @@ _CHECKS: dict[str, float | str] = {}  # device -> self-check error or why it rai
 
 def checked(device: torch.device, checker=self_check) -> str | None:
     """None when the kernels passed their self-check on `device` (run once per process), else why not."""
-    why = available()
-    if why is not None:
-        return why
-    key = str(device)
-    if key not in _CHECKS:
-        try:
-            _CHECKS[key] = checker(device)
-        except Exception as exc:  # a Triton that cannot build these kernels for this GPU, say
-            _CHECKS[key] = f"the self-check raised {type(exc).__name__}: {exc}"
-    err = _CHECKS[key]
-    if isinstance(err, str):
-        return err
-    if not err <= SELF_CHECK_MAX_ERROR:
-        return f"the self-check error {err:.4f} > {SELF_CHECK_MAX_ERROR}"
-    return None
+    from .kernel_checks import checked_once
+
+    return available() or checked_once(_CHECKS, device, checker, SELF_CHECK_MAX_ERROR)
 
 
 def check_error(device: torch.device) -> float | None:

@@ -412,19 +412,11 @@ def wanted(setting: str, backend: str, device: torch.device, checker=self_check,
     else:
         why = available()
     if why is None:
-        key = str(device)
-        if key not in _CHECKS:
-            try:
-                _CHECKS[key] = checker(device)
-            except Exception as exc:  # a Triton that cannot build these kernels for this GPU, say
-                _CHECKS[key] = f"the self-check raised {type(exc).__name__}: {exc}"
-        err = _CHECKS[key]
-        if isinstance(err, str):
-            why = err
-        elif not err <= SELF_CHECK_MAX_ERROR:
-            why = f"the self-check error {err:.4f} > {SELF_CHECK_MAX_ERROR}"
-        else:
-            return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {err:.4f}"
+        from .kernel_checks import checked_once
+
+        why = checked_once(_CHECKS, device, checker, SELF_CHECK_MAX_ERROR)
+        if why is None:
+            return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {_CHECKS[str(device)]:.4f}"
     if setting == "triton":
         from ..errors import ModelError
 
