@@ -151,13 +151,19 @@ def test_tiles_cover_the_row_without_waste():
     assert bk._tiles(1000) == (512, 512)  # 488 left over: masked in the second tile
 
 
-def test_bad_input_is_refused():
+def test_bad_input_is_refused_and_a_strided_view_is_read_by_value():
     x, a, _, m, sh = _stream()
     inv = torch.tensor(INV, device=DEV)
     with pytest.raises(ValueError, match="bf16"):
         bk.norm_fp8(x.float(), m, sh, inv, 1e-6)
-    with pytest.raises(ValueError, match="contiguous"):
-        bk.gelu_fp8(x.transpose(1, 2), inv)
+    # a strided view (what a model that skipped diffusers' .contiguous() would hand the first block)
+    # is read as its values, not as its memory
+    t = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not t.is_contiguous() and torch.equal(t, x)
+    assert bk.norm_fp8(t, m, sh, inv, 1e-6).view(torch.uint8).equal(bk.norm_fp8(x, m, sh, inv, 1e-6).view(torch.uint8))
+    assert bk.gelu_fp8(t, inv).view(torch.uint8).equal(bk.gelu_fp8(x, inv).view(torch.uint8))
+    new, q = bk.residual_norm_fp8(t, a, None, m, sh, inv, 1e-6)
+    assert new.is_contiguous() and torch.equal(new, bk.residual_norm_fp8(x, a, None, m, sh, inv, 1e-6)[0])
     with pytest.raises(ValueError, match="addend"):
         bk.residual_norm_fp8(x, a[:, :5], None, m, sh, inv, 1e-6)
     with pytest.raises(ValueError, match="batch"):

@@ -207,11 +207,12 @@ def _vector(v: torch.Tensor, b: int, c: int) -> torch.Tensor:
 
 
 
-def _check(x: torch.Tensor, what: str) -> None:
+def _bf16_rows(x: torch.Tensor, what: str) -> torch.Tensor:
+    """`x` as the kernels read it: bf16, contiguous (a strided view is copied once; the kernels
+    index rows by position)."""
     if x.dtype != torch.bfloat16:
         raise ValueError(f"{what} takes bf16; got {x.dtype}")
-    if not x.is_contiguous():
-        raise ValueError(f"{what} needs a contiguous tensor")
+    return x.contiguous()
 
 
 @torch.library.custom_op("wan22bot::norm_fp8", mutates_args=())
@@ -236,16 +237,16 @@ def residual_norm_fp8(x: torch.Tensor, a: torch.Tensor, gate: torch.Tensor | Non
 
 @residual_norm_fp8.register_fake
 def _(x, a, gate, m, c, inv_scale, eps):
-    return torch.empty_like(x), x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
 
 
 def launch_norm(x, a, gate, m, c, inv_scale, eps, choice):
     """The norm kernel with `choice` (parse_norm_choice); returns (the new stream, or None
     without an addend; the e4m3 tensor)."""
     r, steps, warps, prefetch = parse_norm_choice(choice)
-    _check(x, "the norm kernel")
+    x = _bf16_rows(x, "the norm kernel")
     if a is not None:
-        _check(a, "the norm kernel")
+        a = _bf16_rows(a, "the norm kernel")
         if a.shape != x.shape:
             raise ValueError(f"the norm kernel: the addend {tuple(a.shape)} is not the stream's {tuple(x.shape)}")
     if x.dim() != 3:
@@ -256,7 +257,7 @@ def launch_norm(x, a, gate, m, c, inv_scale, eps, choice):
     if not (m.shape[0] == c.shape[0] == g.shape[0]):
         m, c, g = (v.expand(b, ch).contiguous() for v in (m, c, g))
     q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    xo = torch.empty_like(x) if a is not None else None
+    xo = x.new_empty(x.shape) if a is not None else None
     ca, cb = _tiles(ch)
     resid = 0 if a is None else 1 if gate is None else 2
     with _on(x.device):
@@ -276,7 +277,7 @@ def gelu_fp8(h: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
 def launch_gelu(h, inv_scale, choice):
     """The GELU kernel with `choice` (parse_gelu_choice)."""
     block, warps, fast_div = parse_gelu_choice(choice)
-    _check(h, "gelu_fp8")
+    h = _bf16_rows(h, "gelu_fp8")
     q = torch.empty(h.shape, dtype=torch.float8_e4m3fn, device=h.device)
     n = h.numel()
     with _on(h.device):
