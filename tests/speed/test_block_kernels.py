@@ -337,6 +337,12 @@ def test_blocks_it_does_not_mirror_are_left_alone():
     assert "hook" in fused_block.unfit(hooked)
     assert fused_block.install(model) == 1 and fused_block.uninstall(model) == 1
     assert "forward" in vars(hooked)  # the hook stays
+    # and diffusers' own block-level group offload, as `memory = "offload"` sets it up
+    offloaded = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    offloaded.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1)
+    assert all("hook" in fused_block.unfit(b) for b in offloaded.blocks)
+    assert fused_block.install(offloaded) == 0
 
 
 def test_the_mirrored_source_is_the_installed_one():
