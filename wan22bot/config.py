@@ -115,6 +115,10 @@ class ModelConfig(_Section):
     block_kernels: Literal["auto", "triton", "compiled"] = "auto"
     # What torch.compile generated, kept across restarts; empty: <paths.state>/compile-cache.
     compile_cache: Path | None = None
+    # Static fp8 input scales, once calibrated, kept in <compile cache>/fp8-scales under a key over
+    # the weights (LoRA included) and settings, so a restart or a LoRA switch back starts calibrated
+    # instead of running the calibrating graph again (engine/fp8_scales.py).
+    keep_fp8_scales: bool = True
     # The image encode skips the encoder layers that have settled on the black frames after the
     # photo (engine/vae_encode.py): bit-identical to diffusers' encode, so on by default.
     fast_image_encode: bool = True

@@ -134,7 +134,8 @@ class Renderer:
         if self.generator.compile and not self.generator.loaded:
             from .engine.compile_cache import use_compile_cache
 
-            use_compile_cache(self.cfg.model.compile_cache or self.cfg.paths.state / "compile-cache")
+            cache = use_compile_cache(self.cfg.model.compile_cache or self.cfg.paths.state / "compile-cache")
+            self.generator.scales_dir = cache / "fp8-scales"
         self.generator.load()
         return time.perf_counter() - t0
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -138,6 +139,10 @@ class TwoPassGenerator:
         self.attention: dict = {}  # "high"/"low" -> AttentionChoice, set at load
         self.last_timer: StageTimer | None = None  # the last render's stages (peak memory per stage)
         self.last_encode: EncodeReport | None = None  # what the last render's image encode skipped
+        # where calibrated static fp8 scales are kept (engine/fp8_scales.py); the renderer sets it
+        # beside the compile cache; None: not kept
+        self.scales_dir: Path | None = None
+        self._scale_keys: dict[str, str | None] = {}  # expert key -> its fp8 scales' key now
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -268,6 +273,7 @@ class TwoPassGenerator:
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             comps.transformer.compile_repeated_blocks(fullgraph=True)
             comps.transformer_2.compile_repeated_blocks(fullgraph=True)
+        self._restore_scales()
         log.info("model loaded in %.1f s: %s on %s (%s, weights %s, memory %s)", time.perf_counter() - t0,
                  comps.description, self.device, str(self.dtype).removeprefix("torch."), self.weights,
                  self.memory_mode)
@@ -291,6 +297,39 @@ class TwoPassGenerator:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _scale_settings(self, key: str) -> str:
+        """What, besides the weights, shapes the activations the static scales are taken from."""
+        from .. import __version__
+
+        choice = self.attention.get("high" if key == "transformer" else "low")
+        return (f"wan22bot {__version__}; {key}; dtype {self.dtype}; attention "
+                f"{choice.backend if choice else None}; fast accumulation {self.cfg.fp8_fast_accum}")
+
+    def _restore_scales(self) -> None:
+        """Key each expert's fp8 scales as its weights are now, and take back any kept under it."""
+        from . import fp8_scales
+
+        self._scale_keys = {}
+        if self.scales_dir is None or not self.cfg.keep_fp8_scales or self.components is None:
+            return
+        for key in ("transformer", "transformer_2"):
+            model = getattr(self.components, key)
+            self._scale_keys[key] = skey = fp8_scales.fingerprint(model, self._scale_settings(key))
+            if skey is None:
+                continue
+            n = fp8_scales.restore(model, self.scales_dir, skey)
+            log.info("%s: fp8 input scales %s", key,
+                     f"taken back for {n} layers ({skey})" if n else "calibrate on the next job")
+
+    def _save_scales(self) -> None:
+        from . import fp8_scales
+
+        for key, skey in self._scale_keys.items():
+            if skey is not None and self.scales_dir is not None:
+                path = fp8_scales.save(getattr(self.components, key), self.scales_dir, skey)
+                if path is not None:
+                    log.info("%s: fp8 input scales kept in %s", key, path)
+
     def _set_lora(self, on: bool) -> None:
         """Fuse (or take back out) the configured LoRAs. A no-op when none are configured.
 
@@ -308,6 +347,7 @@ class TwoPassGenerator:
             log.info("%s LoRA %s %s %s", "fused" if on else "took out", fl.lora.path.name,
                      "into" if on else "of", key)
         self.lora_fused = on
+        self._restore_scales()  # other weights: other scales, perhaps kept from an earlier switch
 
     @property
     def defaults(self) -> tuple[int, int, int]:
@@ -411,6 +451,7 @@ class TwoPassGenerator:
                     latents = scheduler.step(v.float(), t, latents, return_dict=False)[0]
                     progress(Progress(stage, k + 1, len(indices), i + 1, req.steps))
 
+        self._save_scales()  # the first job after a load or a LoRA switch has calibrated them
         if self.swaps:
             # The decoder's working memory (11 GiB at 81 frames) must not sit on top of an expert
             # on a 32 GB card; the expert comes back in ~0.3 s at the next job's pass.
