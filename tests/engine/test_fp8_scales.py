@@ -161,3 +161,28 @@ def test_the_renderer_keeps_scales_beside_the_compile_cache(tmp_path, monkeypatc
     Renderer(Config(), generator=gen).load()
     assert gen.scales_dir == cache / "fp8-scales"
     assert ModelConfig().keep_fp8_scales is True
+
+
+def test_a_folder_that_cannot_be_written_costs_no_job(tmp_path, fp8_matmuls_here, caplog, monkeypatch):
+    """A full disk or a read-only state folder: the video is still made, the scales are not kept,
+    and nothing half-written is left."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the folder would go")
+    g = TwoPassGenerator(ModelConfig(weights="fp8", fp8_scaling="static", device="cpu"))
+    g.scales_dir = blocked / "fp8-scales"
+    g.load()
+    with caplog.at_level(logging.WARNING, logger="wan22bot.engine.fp8_scales"):
+        assert g.generate(_req()).frames.shape == (5, 96, 64, 3)
+    assert "not kept" in caplog.text
+    # and a disk that fills while the file is written
+    full = tmp_path / "full"
+
+    def no_space(obj, f, *a, **k):
+        open(f, "wb").write(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fp8_scales.torch, "save", no_space)
+    g.scales_dir = full
+    g._restore_scales()
+    g.generate(_req())
+    assert list(full.iterdir()) == []

@@ -15,6 +15,7 @@ not load, or names other layers, is ignored and the layers calibrate as without 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -67,10 +68,16 @@ def save(model: torch.nn.Module, folder: Path, key: str) -> Path | None:
     if path.exists():
         return None
     amax = {name: float(lin.amax_history[0]) for name, lin in layers}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"format": FORMAT, "amax": amax}, tmp)
-    os.replace(tmp, path)  # a reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, "amax": amax}, tmp)
+        os.replace(tmp, path)  # a reader never sees half a file
+    except OSError as exc:  # a full disk or a read-only state folder: the job goes on, uncached
+        log.warning("fp8 scales not kept in %s (%s); the next start calibrates again", path.parent, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return None
     return path
 
 
