@@ -72,6 +72,17 @@ def test_the_key_follows_the_weights_and_the_settings():
     lin.weight_scale.copy_(fresh.weight_scale)
     assert fp8_scales.fingerprint(model, "s") != key
     assert fp8_scales.fingerprint(_expert(scaling="rowwise"), "s") is None  # nothing to keep
+    # LoRAs may patch more than linear weights: a bias (diff_b), the modulation table (diff_m)
+    for patch in (lambda m: m.blocks[0].attn1.to_q.bias, lambda m: m.blocks[1].scale_shift_table):
+        other = _expert()
+        before = fp8_scales.fingerprint(other, "s")
+        with torch.no_grad():
+            patch(other).add_(0.01)
+        assert fp8_scales.fingerprint(other, "s") != before
+    # while calibrating does not change the key
+    calibrated = _expert()
+    _run(calibrated)
+    assert fp8_scales.fingerprint(calibrated, "s") == fp8_scales.fingerprint(_expert(), "s")
 
 
 def test_a_broken_or_foreign_file_is_ignored(tmp_path, caplog):

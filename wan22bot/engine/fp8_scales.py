@@ -8,8 +8,9 @@ compile cache, under a key over the weights as they are in the layers (a LoRA fu
 them) and the settings upstream of the activations; a load or a LoRA switch that finds its key
 takes them back and starts calibrated.
 
-The key reads each layer's weight scale and 4,096 evenly spaced bytes of its e4m3 weight, not the
-whole weight: a different file, LoRA or strength changes every row's amax with it. A file that does
+The key reads 4,096 evenly spaced bytes of every parameter and buffer (all of a small one: scales,
+biases, norms), not whole weights: a different file, LoRA or strength changes the values
+everywhere it touches. A file that does
 not load, or names other layers, is ignored and the layers calibrate as without it.
 """
 
@@ -37,19 +38,28 @@ def static_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
             if isinstance(m, FP8Linear) and m.scaling == "static" and m.use_scaled_mm]
 
 
+def _sample(t: torch.Tensor) -> bytes:
+    """SAMPLE_BYTES evenly spaced bytes of `t` (all of a small tensor)."""
+    b = t.detach().reshape(-1).view(torch.uint8)
+    step = max(1, b.numel() // SAMPLE_BYTES)
+    return b[::step][:SAMPLE_BYTES].cpu().numpy().tobytes()
+
+
 @torch.no_grad()
 def fingerprint(model: torch.nn.Module, settings: str) -> str | None:
-    """The key of `model`'s present weights under `settings`; None when it has no static layers."""
-    layers = static_layers(model)
-    if not layers:
+    """The key of `model`'s present weights under `settings`; None when it has no static layers.
+
+    Every parameter and buffer counts (a LoRA may patch biases, norms or the modulation table as
+    well as the linear weights), except the calibration state itself."""
+    if not static_layers(model):
         return None
     h = hashlib.sha256(f"wan22bot fp8 scales {FORMAT}\n{settings}\n".encode())
-    for name, lin in layers:
-        w = lin.weight_fp8.view(torch.uint8).reshape(-1)
-        step = max(1, w.numel() // SAMPLE_BYTES)
-        h.update(name.encode())
-        h.update(lin.weight_scale.detach().float().cpu().numpy().tobytes())
-        h.update(w[::step][:SAMPLE_BYTES].cpu().numpy().tobytes())
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, t in sorted(tensors, key=lambda item: item[0]):
+        if name.endswith("amax_history"):
+            continue
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(_sample(t))
     return h.hexdigest()[:32]
 
 
