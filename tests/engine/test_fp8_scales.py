@@ -85,18 +85,25 @@ def test_the_key_follows_the_weights_and_the_settings():
     assert fp8_scales.fingerprint(calibrated, "s") == fp8_scales.fingerprint(_expert(), "s")
 
 
-def test_a_broken_or_foreign_file_is_ignored(tmp_path, caplog):
+@pytest.mark.parametrize("content", ["garbage", "other layers", "text", "zero", "nan", "no format"])
+def test_a_broken_or_foreign_file_is_removed_and_replaced(tmp_path, caplog, content):
     model = _expert()
     key = fp8_scales.fingerprint(model, "s")
-    (tmp_path / f"{key}.pt").write_bytes(b"\x80\x02 not a checkpoint")
+    path = tmp_path / f"{key}.pt"
+    names = [name for name, _ in fp8_scales.static_layers(model)]
+    if content == "garbage":
+        path.write_bytes(b"\x80\x02 not a checkpoint")
+    else:
+        value = {"text": "big", "zero": 0.0, "nan": float("nan")}.get(content, 1.0)
+        amax = {"blocks.0.attn1.to_q": 1.0} if content == "other layers" else dict.fromkeys(names, value)
+        torch.save({"amax": amax} if content == "no format" else {"format": fp8_scales.FORMAT, "amax": amax}, path)
     with caplog.at_level(logging.WARNING, logger="wan22bot.engine.fp8_scales"):
-        assert fp8_scales.restore(model, tmp_path, key) == 0
-    assert "not read" in caplog.text
-    torch.save({"format": fp8_scales.FORMAT, "amax": {"blocks.0.attn1.to_q": 1.0}}, tmp_path / f"{key}.pt")
-    with caplog.at_level(logging.WARNING, logger="wan22bot.engine.fp8_scales"):
-        assert fp8_scales.restore(model, tmp_path, key) == 0
-    assert "other layers" in caplog.text
+        assert fp8_scales.restore(model, tmp_path, key) == 0  # no exception: the load goes on
+    assert "removed, calibrating again" in caplog.text and not path.exists()
     assert not any(lin.calibrated for _, lin in fp8_scales.static_layers(model))
+    _run(model)  # calibrates
+    assert fp8_scales.save(model, tmp_path, key) == path  # and a good file takes its place
+    assert fp8_scales.restore(_expert(), tmp_path, key) == len(names)
     assert fp8_scales.restore(model, tmp_path, "0" * 32) == 0  # no file: calibrate, quietly
 
 
@@ -185,15 +192,55 @@ def test_a_folder_that_cannot_be_written_costs_no_job(tmp_path, fp8_matmuls_here
     with caplog.at_level(logging.WARNING, logger="wan22bot.engine.fp8_scales"):
         assert g.generate(_req()).frames.shape == (5, 96, 64, 3)
     assert "not kept" in caplog.text
-    # and a disk that fills while the file is written
+    # a disk that is full when the file is written: the writes go to /dev/full (ENOSPC)
     full = tmp_path / "full"
+    real_fdopen = fp8_scales.os.fdopen
 
-    def no_space(obj, f, *a, **k):
-        open(f, "wb").write(b"\0" * 10)
-        raise OSError(28, "No space left on device")
+    def onto_a_full_disk(fd, mode="r", *a, **k):
+        fp8_scales.os.close(fd)
+        return open("/dev/full", mode)
 
-    monkeypatch.setattr(fp8_scales.torch, "save", no_space)
+    monkeypatch.setattr(fp8_scales.os, "fdopen", onto_a_full_disk)
     g.scales_dir = full
     g._restore_scales()
+    with caplog.at_level(logging.WARNING, logger="wan22bot.engine.fp8_scales"):
+        assert g.generate(_req()).frames.shape == (5, 96, 64, 3)
+    assert "No space left" in caplog.text
+    assert list(full.iterdir()) == []  # the temporary file is gone too
+    monkeypatch.setattr(fp8_scales.os, "fdopen", real_fdopen)
+
+
+def test_a_lora_switch_recalibrates_every_layer_and_offload_keeps_no_state(tmp_path, fp8_matmuls_here):
+    """After a LoRA switch every static layer calibrates again (the patched ones' inputs are not
+    the only ones that change); under memory = offload the layers scale per row (diffusers'
+    streamed offload restores buffers from the copies it took at set-up)."""
+    from tests.core.helpers import lora_tensors, write_lora
+
+    # a LoRA on block 0's layers only: block 1's layers are not patched, but their inputs change
+    hi = write_lora(tmp_path / "hi.safetensors", lora_tensors(blocks=(0,)))
+    lo = write_lora(tmp_path / "lo.safetensors", lora_tensors(blocks=(0,)))
+    g = TwoPassGenerator(ModelConfig(weights="fp8", fp8_scaling="static", device="cpu", lora_high=hi, lora_low=lo))
+    g.load()
     g.generate(_req())
-    assert list(full.iterdir()) == []
+    layers = fp8_scales.static_layers(g.components.transformer)
+    assert all(lin.calibrated for _, lin in layers)
+    g._set_lora(False)  # no scales kept (no folder): nothing comes back
+    assert not any(lin.calibrated for _, lin in layers)
+    off = TwoPassGenerator(ModelConfig(weights="fp8", fp8_scaling="static", device="cpu", memory="offload"))
+    off.load()
+    scalings = {m.scaling for m in off.components.transformer.modules() if isinstance(m, fp8_linear.FP8Linear)}
+    assert scalings == {"rowwise"}
+
+
+def test_the_key_follows_the_text_encoder_and_the_vae(tmp_path, fp8_matmuls_here):
+    g = TwoPassGenerator(ModelConfig(weights="fp8", fp8_scaling="static", device="cpu"))
+    g.scales_dir = tmp_path
+    g.load()
+    keys = dict(g._scale_keys)
+    for module in (g.components.text_encoder, g.components.vae):
+        with torch.no_grad():
+            next(module.parameters()).add_(0.5)
+        g._context_digest = None
+        g._restore_scales()
+        assert set(g._scale_keys.values()).isdisjoint(keys.values())
+        keys = dict(g._scale_keys)

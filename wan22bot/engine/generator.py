@@ -143,6 +143,7 @@ class TwoPassGenerator:
         # beside the compile cache; None: not kept
         self.scales_dir: Path | None = None
         self._scale_keys: dict[str, str | None] = {}  # expert key -> its fp8 scales' key now
+        self._context_digest: str | None = None  # of the text encoder and VAE, once per load
         self._lock = threading.Lock()  # one generation at a time per process
 
     # ---------------------------------------------------------------- lifecycle
@@ -207,7 +208,13 @@ class TwoPassGenerator:
                          fl.report.render(), f"host copy, {fl.kept_bytes / 2**30:.2f} GiB" if fl.kept_bytes
                          else "re-read from the model file")
             if self.weights == "fp8":
-                n = convert_to_fp8(model, scaling=self.cfg.fp8_scaling, fast_accum=self.cfg.fp8_fast_accum)
+                scaling = self.cfg.fp8_scaling
+                if self.memory_mode == "offload" and scaling != "rowwise":
+                    # diffusers' streamed group offload brings every buffer back from the copy it
+                    # took when offload was set up, which would undo a calibrated input scale
+                    log.info("%s: fp8 scaling rowwise instead of %s under memory = offload", key, scaling)
+                    scaling = "rowwise"
+                n = convert_to_fp8(model, scaling=scaling, fast_accum=self.cfg.fp8_fast_accum)
                 log.info("%s: %d linear layers stored in fp8%s", key, n,
                          ", fast accumulation" if self.cfg.fp8_fast_accum else "")
             if self.memory_mode == "swap":
@@ -273,6 +280,7 @@ class TwoPassGenerator:
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             comps.transformer.compile_repeated_blocks(fullgraph=True)
             comps.transformer_2.compile_repeated_blocks(fullgraph=True)
+        self._context_digest = None
         self._restore_scales()
         log.info("model loaded in %.1f s: %s on %s (%s, weights %s, memory %s)", time.perf_counter() - t0,
                  comps.description, self.device, str(self.dtype).removeprefix("torch."), self.weights,
@@ -301,9 +309,15 @@ class TwoPassGenerator:
         """What, besides the weights, shapes the activations the static scales are taken from."""
         from .. import __version__
 
+        from . import fp8_scales
+
+        if self._context_digest is None:  # the text encoder and the VAE feed every expert's layers
+            comps = self.components
+            self._context_digest = " ".join(fp8_scales.tensor_digest(m)[:16] for m in (comps.text_encoder, comps.vae))
         choice = self.attention.get("high" if key == "transformer" else "low")
         return (f"wan22bot {__version__}; {key}; dtype {self.dtype}; attention "
-                f"{choice.backend if choice else None}; fast accumulation {self.cfg.fp8_fast_accum}")
+                f"{choice.backend if choice else None}; fast accumulation {self.cfg.fp8_fast_accum}; "
+                f"text encoder and VAE {self._context_digest}")
 
     def _restore_scales(self) -> None:
         """Key each expert's fp8 scales as its weights are now, and take back any kept under it."""
@@ -347,7 +361,14 @@ class TwoPassGenerator:
             log.info("%s LoRA %s %s %s", "fused" if on else "took out", fl.lora.path.name,
                      "into" if on else "of", key)
         self.lora_fused = on
-        self._restore_scales()  # other weights: other scales, perhaps kept from an earlier switch
+        # Other weights upstream change every layer's input, not only the patched layers': all of
+        # them calibrate again on the next job, unless scales kept for these weights come back.
+        from .fp8_scales import static_layers
+
+        for key in self.loras:
+            for _, lin in static_layers(getattr(self.components, key)):
+                lin.reset_calibration()
+        self._restore_scales()
 
     @property
     def defaults(self) -> tuple[int, int, int]:
