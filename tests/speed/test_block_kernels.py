@@ -95,7 +95,7 @@ def test_every_tiling_and_prefetching_gives_the_same_values():
     inv = torch.tensor(INV, device=DEV)
     want_new, want_q = bk.launch_norm(x, a, gate, m, sh, inv, 1e-6, "1x1x4")
     want_plain = bk.launch_norm(x, None, None, m, sh, inv, 1e-6, "1x1x4")[1].view(torch.uint8)
-    for choice in ("1x8x4", "1x4x4p", "2x3x4p", "4x1x2"):
+    for choice in sorted({*bk.NORM_CHOICE.values(), "1x8x4", "1x4x4p", "2x3x4p", "4x1x2"}):
         new, q = bk.launch_norm(x, a, gate, m, sh, inv, 1e-6, choice)
         assert torch.equal(new, want_new) and torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), choice
         assert bk.launch_norm(x, None, None, m, sh, inv, 1e-6, choice)[1].view(torch.uint8).equal(want_plain), choice
@@ -172,6 +172,15 @@ def test_bad_input_is_refused_and_a_strided_view_is_read_by_value():
 
 # --- the block ---
 
+@pytest.fixture
+def one_row_programs(monkeypatch):
+    """Under the interpreter every step of a program costs the same, masked or not, and the default
+    tilings run 8-33 steps over a handful of rows; the block tests take one row per program, which
+    the tiling test above shows computes the same bytes as the defaults."""
+    if INTERPRETED:
+        monkeypatch.setattr(bk, "NORM_CHOICE", dict.fromkeys(bk.NORM_CHOICE, "1x1x4"))
+
+
 def _expert(seed=0, scaling="static"):
     torch.manual_seed(seed)
     model = WanTransformer3DModel(**TRANSFORMER_CONFIG).eval()
@@ -206,7 +215,7 @@ def _counting(monkeypatch):
     return calls
 
 
-def test_fused_block_matches_diffusers_block_once_calibrated(monkeypatch):
+def test_fused_block_matches_diffusers_block_once_calibrated(monkeypatch, one_row_programs):
     calls = _counting(monkeypatch)
     model = _expert()
     assert fused_block.install(model) == len(model.blocks) == 2
@@ -229,7 +238,7 @@ def test_fused_block_matches_diffusers_block_once_calibrated(monkeypatch):
     assert float((broken - stock).norm() / stock.norm()) > 5 * max(err, 1e-3)
 
 
-def test_uncalibrated_rowwise_or_delayed_layers_keep_diffusers_forward(monkeypatch):
+def test_uncalibrated_rowwise_or_delayed_layers_keep_diffusers_forward(monkeypatch, one_row_programs):
     calls = _counting(monkeypatch)
     for scaling in ("rowwise", "delayed"):  # delayed scales move with every call: never frozen
         model = _expert(scaling=scaling)
@@ -245,7 +254,7 @@ def test_uncalibrated_rowwise_or_delayed_layers_keep_diffusers_forward(monkeypat
     assert calls == ["norm", "norm", "norm", "gelu"]  # block 0 fused, block 1 calibrating again
 
 
-def test_fused_block_traces_as_one_graph():
+def test_fused_block_traces_as_one_graph(one_row_programs):
     """`compile_repeated_blocks(fullgraph=True)` must see the kernels as opaque ops: no graph break
     (aot_eager runs the ops' fake shapes through the trace, as inductor would)."""
     torch._dynamo.reset()
@@ -363,3 +372,32 @@ def test_processors_attend_equals_their_call():
         want = proc(attn, x, rotary_emb=(cos, sin))
         got = proc.attend(attn, attn.to_q(x), attn.to_k(x), attn.to_v(x), (cos, sin))
     assert torch.equal(got, want)
+
+
+def test_a_batch_of_two_timesteps_reads_its_own_modulation(monkeypatch, one_row_programs):
+    """Batched inputs (CFG's two prompts, or two timesteps) each take their own modulation rows: the
+    fused block against diffusers' block, and an element batched against the same element alone."""
+    calls = _counting(monkeypatch)
+    model = _expert()
+    fused_block.install(model)
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, 36, 1, 4, 6, generator=g).to(DEV, torch.bfloat16)
+    text = torch.randn(2, 7, 32, generator=g).to(DEV, torch.bfloat16)
+
+    @torch.no_grad()
+    def run(lat, text, t):
+        return model(hidden_states=lat, timestep=torch.tensor(t, device=DEV), encoder_hidden_states=text,
+                     return_dict=False)[0].float()
+
+    run(lat, text, [900.0, 50.0])  # calibrates
+    fused = run(lat, text, [700.0, 100.0])
+    assert calls
+    fused_block.uninstall(model)
+    stock = run(lat, text, [700.0, 100.0])
+    for i in range(2):
+        assert float((fused[i] - stock[i]).norm() / stock[i].norm()) < 0.01, i
+    fused_block.install(model)
+    alone = run(lat[1:], text[1:], [100.0])
+    assert float((fused[1] - alone[0]).norm() / alone[0].norm()) < 0.01
+    swapped = run(lat, text, [100.0, 700.0])  # the other element's timestep: another result
+    assert float((swapped[1] - fused[1]).norm() / fused[1].norm()) > 0.05
