@@ -179,6 +179,19 @@ async def test_requeue_without_counting_an_attempt(q):
     assert (await claim(q)).attempts == 2
 
 
+async def test_a_job_that_settled_is_not_requeued(q):
+    """A requeue decided on an older read of the job (a front reconciling a Redis that lost its
+    data, while the job's result comes in) must not undo its final state."""
+    job, _ = await q.submit(spec(), photo_bytes(1))
+    running = await claim(q)
+    await q.finish(running, JobState.done)
+    assert await q.requeue(running) is False
+    assert (await q.get(job.id)).state == JobState.done
+    other, _ = await q.submit(spec("watch", name="b.jpg"), photo_bytes(2))
+    assert await q.requeue(await claim(q)) is True  # a running one still goes back
+    assert (await q.get(other.id)).state == JobState.queued
+
+
 async def test_cancel_queued_job_is_never_claimed(q):
     a, _ = await q.submit(spec("watch", name="a.jpg"), photo_bytes(1))
     b, _ = await q.submit(spec("watch", name="b.jpg"), photo_bytes(2))

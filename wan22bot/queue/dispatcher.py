@@ -318,10 +318,12 @@ class Dispatcher:
             if entry is None and self._out.get(job.id, _Out(job, "-")).entry == "":
                 continue  # being added right now (a reconcile while the dispatch loop sends it)
             if entry is None:
-                log.warning("job %s: out to the workers, but its stream entry is gone (Redis lost it?); queued again",
-                            job.id)
                 self._out.pop(job.id, None)
-                await self.queue.requeue(job, count_attempt=False)
+                if await self.queue.requeue(job, count_attempt=False):
+                    log.warning("job %s: out to the workers, but its stream entry is gone (Redis lost it?); "
+                                "queued again", job.id)
+                else:  # its result came in since `out` was read
+                    log.info("job %s: its stream entry is gone, but the job has settled meanwhile", job.id)
                 continue
             worker = owners.get(entry)
             prev = self._out.get(job.id)

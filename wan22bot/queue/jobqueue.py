@@ -226,14 +226,17 @@ class JobQueue:
         self.publish(JobEvent(done, state.value))
         return done
 
-    async def requeue(self, job: Job, *, count_attempt: bool = False) -> None:
-        await self._run(self.journal.requeue, job.id, count_attempt=count_attempt)
+    async def requeue(self, job: Job, *, count_attempt: bool = False) -> bool:
+        """A running job back to the queue; False (and nothing done) when it settled meanwhile."""
+        if not await self._run(self.journal.requeue, job.id, count_attempt=count_attempt):
+            return False
         self._cancel.pop(job.id, None)
         self.live.pop(job.id, None)
         fresh = await self.get(job.id) or job
         self.publish(JobEvent(fresh, "requeued"))
         assert self._wakeup is not None
         self._wakeup.set()
+        return True
 
     # ------------------------------------------------------------------ queries and control
     async def get(self, job_id: str) -> Job | None:

@@ -169,10 +169,15 @@ class Journal:
             (state.value, time.time(), error, result.model_dump_json() if result else None, job_id),
         )
 
-    def requeue(self, job_id: str, *, count_attempt: bool) -> None:
-        """Back to the queue (shutdown checkpoint or crash recovery)."""
+    def requeue(self, job_id: str, *, count_attempt: bool) -> bool:
+        """Back to the queue (shutdown checkpoint or crash recovery), if it is still running: a job
+        that settled meanwhile (its result came in while a front reconciled a lost Redis, say)
+        keeps its final state. Returns whether it went back."""
         dec = "" if count_attempt else ", attempts = MAX(attempts - 1, 0)"
-        self._q(f"UPDATE jobs SET state='queued', progress=NULL {dec} WHERE id=?", (job_id,))
+        with self._lock:
+            cur = self._db.execute(f"UPDATE jobs SET state='queued', progress=NULL {dec} WHERE id=? AND state='running'",
+                                   (job_id,))
+            return cur.rowcount > 0
 
     def release_owned(self, owner: str, max_attempts: int) -> tuple[list[str], list[str]]:
         """A worker process died: its running jobs go back to the queue (the attempt it spent
