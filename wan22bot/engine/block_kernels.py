@@ -32,7 +32,7 @@ import os
 
 import torch
 
-from .fp8_linear import E4M3_MAX
+from .fp8_linear import E4M3_MAX, quantize_static
 
 try:  # CUDA builds of torch ship Triton; without it `available()` says why
     import triton
@@ -292,11 +292,6 @@ def _(h, inv_scale):
 
 
 # --- eager PyTorch: what the kernels stand for, written as the block and FP8Linear compute it ---
-
-def quantize_static(v: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
-    """FP8Linear's static-scale input step."""
-    return (v.float() * inv_scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-
 
 def eager_residual_norm(x, a, gate, m, c, inv_scale, eps):
     if a is not None:

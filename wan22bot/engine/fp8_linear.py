@@ -40,6 +40,13 @@ EAGER_CHUNK_ROWS = 16384
 AMAX_HISTORY = 16
 
 
+def quantize_static(x: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
+    """An activation to e4m3 with a per-tensor scale given as its reciprocal: clamp(x / scale).
+    What static and delayed scaling do before each matmul; engine/block_kernels.py's kernels
+    compute the same."""
+    return (x.float() * inv_scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+
+
 def quantize_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor e4m3 quantisation: (w_fp8, 0-dim fp32 scale) with w ~ w_fp8 * scale."""
     scale = (w.detach().abs().amax().float().clamp(min=1e-12) / E4M3_MAX)
@@ -110,8 +117,7 @@ class FP8Linear(nn.Module):
         amax = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
         sa = amax / E4M3_MAX
         xq = (x2.float() / sa).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
-                                bias=bias, out_dtype=x2.dtype, use_fast_accum=self.fast_accum)
+        return self._mm(xq, sa, bias, x2.dtype)
 
     def _rowwise(self, x2: torch.Tensor, bias) -> torch.Tensor:
         rows = x2.shape[0]
@@ -140,9 +146,7 @@ class FP8Linear(nn.Module):
         step = rows if torch.compiler.is_compiling() else EAGER_CHUNK_ROWS
         out = None
         for i in range(0, rows, step):
-            xq = (x2[i:i + step].float() * (1.0 / sa)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-            part = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sa, scale_b=self.weight_scale,
-                                    bias=bias, out_dtype=x2.dtype, use_fast_accum=self.fast_accum)
+            part = self._mm(quantize_static(x2[i:i + step], 1.0 / sa), sa, bias, x2.dtype)
             if step >= rows:
                 return part
             if out is None:
@@ -164,10 +168,12 @@ class FP8Linear(nn.Module):
         would quantise it: clamp(x / scale) to e4m3 (engine/block_kernels.py)."""
         shape = xq.shape
         bias = None if self.bias is None else self.bias.to(out_dtype)
-        out = torch._scaled_mm(xq.reshape(-1, shape[-1]), self.weight_fp8.t(), scale_a=scale,
-                               scale_b=self.weight_scale, bias=bias, out_dtype=out_dtype,
-                               use_fast_accum=self.fast_accum)
-        return out.reshape(*shape[:-1], self.out_features)
+        return self._mm(xq.reshape(-1, shape[-1]), scale, bias, out_dtype).reshape(*shape[:-1], self.out_features)
+
+    def _mm(self, xq: torch.Tensor, scale_a: torch.Tensor, bias, out_dtype: torch.dtype) -> torch.Tensor:
+        """(rows, in) e4m3 with its scale(s) -> (rows, out): the one fp8 matmul every path runs."""
+        return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=scale_a, scale_b=self.weight_scale,
+                                bias=bias, out_dtype=out_dtype, use_fast_accum=self.fast_accum)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}, scaling={self.scaling}"
