@@ -152,6 +152,10 @@ def test_block_kernels_setting_reaches_each_expert(monkeypatch):
     assert asked == [("triton", m, "cpu", "delayed", gen.weights, gen.dtype)
                      for m in (comps.transformer, comps.transformer_2)]
     assert installed == [comps.transformer, comps.transformer_2]
+    # under offload the layers scale per row, and the question says so
+    asked.clear()
+    TwoPassGenerator(ModelConfig(fp8_scaling="static", weights="fp8", memory="offload", device="cpu")).load()
+    assert [a[3] for a in asked] == ["rowwise", "rowwise"]
     assert ModelConfig().block_kernels == "auto"
     with pytest.raises(ValueError, match="block_kernels"):
         ModelConfig(block_kernels="cuda")

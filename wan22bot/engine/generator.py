@@ -190,6 +190,11 @@ class TwoPassGenerator:
         self.memory_mode = (choose_mode(self.cfg.memory, free, self.cfg.reserve_vram_gb, expert_bytes, text_bytes, work)
                             if cuda or self.cfg.memory != "auto" else "resident")
         self.swaps = {}
+        scaling = self.cfg.fp8_scaling
+        if self.memory_mode == "offload" and scaling != "rowwise":
+            # diffusers' streamed group offload brings every buffer back from the copy it took when
+            # offload was set up, which would undo a calibrated input scale
+            scaling = "rowwise"
         comps.text_encoder = cast_for_compute(_built(comps.text_encoder), self.dtype).to(self.device)
         if self.memory_mode in ("swap", "offload"):
             self.swaps["text_encoder"] = PinnedSwap(comps.text_encoder, self.device)
@@ -208,12 +213,8 @@ class TwoPassGenerator:
                          fl.report.render(), f"host copy, {fl.kept_bytes / 2**30:.2f} GiB" if fl.kept_bytes
                          else "re-read from the model file")
             if self.weights == "fp8":
-                scaling = self.cfg.fp8_scaling
-                if self.memory_mode == "offload" and scaling != "rowwise":
-                    # diffusers' streamed group offload brings every buffer back from the copy it
-                    # took when offload was set up, which would undo a calibrated input scale
-                    log.info("%s: fp8 scaling rowwise instead of %s under memory = offload", key, scaling)
-                    scaling = "rowwise"
+                if scaling != self.cfg.fp8_scaling:
+                    log.info("%s: fp8 scaling rowwise instead of %s under memory = offload", key, self.cfg.fp8_scaling)
                 n = convert_to_fp8(model, scaling=scaling, fast_accum=self.cfg.fp8_fast_accum)
                 log.info("%s: %d linear layers stored in fp8%s", key, n,
                          ", fast accumulation" if self.cfg.fp8_fast_accum else "")
@@ -254,8 +255,8 @@ class TwoPassGenerator:
 
         for key in ("transformer", "transformer_2"):
             model = getattr(comps, key)
-            use, why = fused_block.wanted(self.cfg.block_kernels, model, self.device, self.cfg.fp8_scaling,
-                                          self.weights, dtype=self.dtype)
+            use, why = fused_block.wanted(self.cfg.block_kernels, model, self.device, scaling, self.weights,
+                                          dtype=self.dtype)
             if use:
                 fused_block.install(model)
             log.info("%s: block kernels %s (%s)", key, "triton" if use else "compiled", why)
