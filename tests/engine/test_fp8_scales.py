@@ -6,6 +6,7 @@ on a GPU (fp8_matmul_supported is made to say yes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
@@ -244,3 +245,46 @@ def test_the_key_follows_the_text_encoder_and_the_vae(tmp_path, fp8_matmuls_here
         g._restore_scales()
         assert set(g._scale_keys.values()).isdisjoint(keys.values())
         keys = dict(g._scale_keys)
+
+
+def _calibration_graph(code: str) -> bool:
+    return "amax" in code.replace("amax_history", "")
+
+
+def test_the_first_job_compiles_no_calibrating_graph(fp8_matmuls_here, monkeypatch):
+    """With compile on, each expert's calibrating step runs eagerly and every graph torch.compile
+    builds is the frozen-scale one the later steps run (a fast counting backend stands in for
+    inductor here)."""
+    import torch._dynamo
+    from diffusers.models.modeling_utils import ModelMixin
+
+    from wan22bot.engine import generator
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    compile_blocks = ModelMixin.compile_repeated_blocks
+    monkeypatch.setattr(ModelMixin, "compile_repeated_blocks",
+                        lambda self, *a, **kw: compile_blocks(self, *a, backend=backend, **kw))
+    cfg = ModelConfig(weights="fp8", fp8_scaling="static", device="cpu", compile=True, keep_fp8_scales=False)
+
+    def one_job():
+        torch._dynamo.reset()
+        graphs.clear()
+        g = TwoPassGenerator(cfg)
+        g.load()
+        frames = g.generate(_req()).frames
+        for key in ("transformer", "transformer_2"):
+            assert all(lin.calibrated for _, lin in fp8_scales.static_layers(getattr(g.components, key)))
+        return frames
+
+    frames = one_job()
+    assert graphs and not any(_calibration_graph(c) for c in graphs)
+    # the same job with the calibrating step compiled: its graph is there, and the video is the same
+    monkeypatch.setattr(generator, "eager_while_calibrating", lambda model, compiled: contextlib.nullcontext(False))
+    assert torch.equal(one_job(), frames)
+    assert any(_calibration_graph(c) for c in graphs)
+    torch._dynamo.reset()

@@ -110,3 +110,41 @@ def test_eager_quantisation_never_holds_the_whole_activation_in_fp32(scaling):
     largest = max(e.cpu_memory_usage for e in prof.events())
     assert largest <= fp8.EAGER_CHUNK_ROWS * fin * 4
     assert largest < rows * fin * 4
+
+
+def test_a_calibrating_forward_runs_uncompiled_and_only_the_frozen_graph_is_compiled():
+    """The calibrating call's graph would be used once; under eager_while_calibrating torch.compile
+    skips it, and the next call compiles the graph with the frozen scale."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    lin = FP8Linear(_layer(3), use_scaled_mm=True, scaling="static")
+    model = torch.nn.Sequential(lin)
+    model.compile(backend=backend, fullgraph=True)
+    x = torch.randn(40, 64, dtype=torch.bfloat16)
+    assert fp8.needs_calibration(model)
+    with torch.no_grad():
+        with fp8.eager_while_calibrating(model) as eager:
+            first = model(x)
+        assert eager and graphs == [] and lin.calibrated and not fp8.needs_calibration(model)
+        with fp8.eager_while_calibrating(model) as eager:
+            second = model(x)
+    assert not eager and len(graphs) == 1 and "amax" not in graphs[0].replace("amax_history", "")
+    assert torch.equal(first, second)  # the same frozen scale either way
+    torch._dynamo.reset()
+
+
+def test_only_uncalibrated_per_tensor_layers_ask_for_an_eager_call():
+    rowwise = torch.nn.Sequential(FP8Linear(_layer(4), use_scaled_mm=True, scaling="rowwise"))
+    dequantising = torch.nn.Sequential(FP8Linear(_layer(4), use_scaled_mm=False, scaling="static"))
+    delayed = torch.nn.Sequential(FP8Linear(_layer(4), use_scaled_mm=True, scaling="delayed"))
+    assert not fp8.needs_calibration(rowwise) and not fp8.needs_calibration(dequantising)
+    assert fp8.needs_calibration(delayed)
+    with fp8.eager_while_calibrating(delayed, compiled=False) as eager:
+        assert not eager  # nothing is compiled: nothing to skip

@@ -4,7 +4,8 @@ Builds one full-size A14B expert with random weights (timing only), applies the 
 (fp8 linear layers, `auto` attention, regional torch.compile) and times the first forward (which
 compiles) and the second. Run it twice with the same `--cache`: the first run fills the cache
 (and keeps the static fp8 scales it calibrated there, as the generator does), the second shows what
-a daemon restart pays.
+a daemon restart pays. The calibrating call runs uncompiled, as in the generator
+(`--compiled-calibration`: compiled, as before round 7).
 Run: python -m wan22bot.bench.coldstart --cache DIR --frames 25 --json out.json
 """
 
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp8-scaling", default=None, help="default: the default path's ([model] fp8_scaling)")
     ap.add_argument("--no-kept-scales", action="store_true",
                     help="neither take back nor keep static fp8 scales in the cache (calibrate every run)")
+    ap.add_argument("--compiled-calibration", action="store_true",
+                    help="compile the calibrating call too (before round 7 the generator did; it now runs it eagerly)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -54,8 +57,11 @@ def main(argv=None) -> int:
     if path["fp8_scaling"] != "rowwise" and not restored:
         # static/delayed scales: the first call calibrates (and compiles its own graph), as a render's
         # first pass does; timed on its own so the cold start of the default path is complete
+        from ..engine.fp8_linear import eager_while_calibrating
+
         t0 = time.perf_counter()
-        forward(model, make_inputs(args.frames, dev, seed=99, timestep=1000.0))
+        with eager_while_calibrating(model, compiled=not args.compiled_calibration):
+            forward(model, make_inputs(args.frames, dev, seed=99, timestep=1000.0))
         torch.cuda.synchronize()
         calibration = time.perf_counter() - t0
         if skey and not args.no_kept_scales:
@@ -72,6 +78,8 @@ def main(argv=None) -> int:
               "cache_files_before": before,
               "cache_files_after": sum(1 for p in cache.rglob("*") if p.is_file()),
               "fp8_scales_taken_back": restored,
+              "calibration": None if calibration is None else
+              ("compiled" if args.compiled_calibration else "eager"),
               "calibration_call_s": calibration, "first_call_s": first, "second_call_s": second,
               "cold_total_s": first + (calibration or 0.0),
               "note": "random weights, timing only; first_call_s leaves out the calibration call (static/delayed), "

@@ -11,6 +11,8 @@ stay bf16 (they are a rounding error of the FLOPs and the most sensitive to prec
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,6 +179,30 @@ class FP8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, scaled_mm={self.use_scaled_mm}, scaling={self.scaling}"
+
+
+def needs_calibration(model: nn.Module) -> bool:
+    """Whether a forward of `model` would calibrate: some fp8 matmul layer with a per-tensor input
+    scale (static, delayed) has not seen an input yet."""
+    return any(isinstance(m, FP8Linear) and m.use_scaled_mm and m.scaling != "rowwise" and not m.calibrated
+               for m in model.modules())
+
+
+@contextlib.contextmanager
+def eager_while_calibrating(model: nn.Module, compiled: bool = True):
+    """Run the compiled blocks of `model` eagerly for a forward that calibrates; yields whether it does.
+
+    The calibrating forward runs once per load (or LoRA switch), and its graph (the layers'
+    amax reductions, diffusers' block instead of the fused one) is never used again; compiling it
+    cost the first job about as much as compiling the graph every later call runs
+    (docs/PERFORMANCE.md, round 7). Eagerly, the chunked quantiser keeps the fp32 temporaries
+    small, so the memory the 32 GB card plans for still holds.
+    """
+    if not compiled or not needs_calibration(model):
+        yield False
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield True
 
 
 def convert_to_fp8(model: nn.Module, use_scaled_mm: bool | None = None, scaling: str = "rowwise",

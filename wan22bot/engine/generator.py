@@ -26,6 +26,7 @@ from ..config import ModelConfig
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..images import fit_photo
 from .components import DTYPES, Components, load_components
+from .fp8_linear import eager_while_calibrating
 from .lora import FusedLora, LoraFile, read_lora
 from .lora_originals import expert_originals
 from .model_files import lora_paths
@@ -464,8 +465,11 @@ class TwoPassGenerator:
                         raise Cancelled(f"cancelled before step {i + 1} of {req.steps}")
                     t = timesteps[i]
                     x = torch.cat([latents.to(self.dtype), condition], dim=1)
-                    v = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=prompt_embeds,
-                              return_dict=False)[0]
+                    with eager_while_calibrating(model, self.compile) as eager:
+                        if eager:
+                            log.info("%s: calibrating its fp8 input scales in this step, uncompiled", key)
+                        v = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=prompt_embeds,
+                                  return_dict=False)[0]
                     if cfg_on:
                         v_neg = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=negative_embeds,
                                       return_dict=False)[0]
