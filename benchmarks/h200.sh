@@ -27,6 +27,10 @@
 #   benchmarks/h200.sh round8b   the default path with and without the block kernels alternated (bench.block_ab),
 #                                then coldstart81; ~6 min
 #   benchmarks/h200.sh round8e2e photo -> MP4 at 81 frames and under the 32 GiB cap, as round7e2e; ~9 min
+#   benchmarks/h200.sh round9    K's int8 / V's fp8 kernels alone (bench.kv_quant), then alternated with the
+#                                torch code in the default path (bench.block_ab --lever kv_quant); ~6 min
+#   benchmarks/h200.sh round9c   the cold first job at 81 frames, calibrating call uncompiled vs compiled, on
+#                                one machine, then a restart; ~6 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -230,6 +234,28 @@ step_round8b() {
 
 step_round8e2e() {
     e2e_and_cap32 round8
+}
+
+# K's int8 and V's fp8 kernels alone (bench.kv_quant), then the default path with and without
+# them alternated (bench.block_ab --lever kv_quant); ~6 min
+step_round9() {
+    python3 -m wan22bot.bench.kv_quant --frames 81 --json "$OUT/kv-quant81.json"
+    timeout "${AB_LIMIT:-420}" python3 -m wan22bot.bench.block_ab --lever kv_quant --frames 81,25 \
+        --json "$OUT/kv-ab.json"
+    echo "block_ab: exit $? ($(date -u +%H:%M:%S))"
+}
+
+# the cold first job at 81 frames on one machine: the calibrating call uncompiled (the generator's
+# way from round 7 on), then compiled as before, each on an empty cache; then a "restart" on the
+# first cache; ~6 min
+step_round9c() {
+    local eager compiled
+    eager=$(mktemp -d)
+    compiled=$(mktemp -d)
+    python3 -m wan22bot.bench.coldstart --cache "$eager" --frames 81 --json "$OUT/coldstart81-cold-eager.json"
+    python3 -m wan22bot.bench.coldstart --cache "$compiled" --frames 81 --compiled-calibration \
+        --json "$OUT/coldstart81-cold-compiled.json"
+    python3 -m wan22bot.bench.coldstart --cache "$eager" --frames 81 --json "$OUT/coldstart81-warm.json"
 }
 
 # the first compiled call at 81 frames on the default path: an empty compile cache, then a second

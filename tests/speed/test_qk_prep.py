@@ -155,6 +155,66 @@ def test_processor_matches_stock_attention(monkeypatch):
     assert torch.equal(cross, ref_proc(attn, x, encoder_hidden_states=ctx))
 
 
+@torch.no_grad()
+def test_per_warp_processor_hands_the_kernel_what_the_torch_quantisers_give(monkeypatch):
+    """With per-warp scales (sage-fused's default) K's int8 and V's fp8 steps are
+    engine/kv_quant.py's kernels; switched off, torch code computes them: the attention kernel
+    receives the same bytes, so the output is the same, and close to stock attention."""
+    seen = []
+
+    def spy(*args):
+        seen.append([a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+        return _cpu_sage(*args)
+
+    monkeypatch.setattr(sage_prequant, "sage_sm90_prequant", spy)
+    torch.manual_seed(1)
+    attn = WanAttention(dim=HEADS * 128, heads=HEADS, dim_head=128, eps=1e-6).to(DEV, torch.bfloat16)
+    for p in attn.parameters():
+        p.data.normal_(0, 0.05)
+    x, _, cos, sin = _inputs()
+    proc = qk_prep.TritonPrepSageProcessor(per_thread=False)
+    assert proc.kv_kernels
+    fast = proc(attn, x * 0.1, rotary_emb=(cos, sin))
+    proc.kv_kernels = False
+    torch_steps = proc(attn, x * 0.1, rotary_emb=(cos, sin))
+    assert torch.equal(fast, torch_steps)
+    for a, b in zip(*seen, strict=True):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                               b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
+    ref = CoreAttnProcessor(sdpa_core)(attn, x * 0.1, rotary_emb=(cos, sin)).float()
+    assert float((fast.float() - ref).norm() / ref.norm()) < 0.05
+
+
+def test_kv_kernels_are_used_only_where_they_match_the_torch_quantisers(monkeypatch):
+    from wan22bot.engine import kv_quant
+
+    monkeypatch.setattr(kv_quant, "_CHECKS", {})
+    assert kv_quant.checked(DEV) is None and kv_quant._CHECKS[str(DEV)] == 0.0
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.Module()])
+    for name in ("attn1", "attn2"):
+        setattr(model.blocks[0], name, WanAttention(dim=256, heads=2, dim_head=128).to(DEV))
+    qk_prep.install(model)
+    assert all(b.processor.kv_kernels for b in (model.blocks[0].attn1, model.blocks[0].attn2))
+    # a V step one scale off differs from the torch quantiser: the check says so, and install keeps torch code
+    real = kv_quant.v_fp8
+    monkeypatch.setattr(kv_quant, "v_fp8", lambda v, heads: (lambda out: (out[0], out[1] * 1.001))(real(v, heads)))
+    monkeypatch.setattr(kv_quant, "_CHECKS", {})
+    why = kv_quant.checked(DEV)
+    assert why and "self-check error" in why
+    qk_prep.install(model)
+    assert not model.blocks[0].attn1.processor.kv_kernels
+    # the verdict is in what the load logs
+    monkeypatch.setattr(qk_prep, "_CHECKS", {})
+    monkeypatch.setattr(kv_quant, "_CHECKS", {"cuda": 0.25})
+    use, why = qk_prep.wanted("auto", "sage-fused", torch.device("cuda"), lambda device: 0.001)
+    assert use and why.endswith("K's int8 and V's fp8 steps compiled (the self-check error 0.2500 > 0.0)")
+    monkeypatch.setattr(kv_quant, "_CHECKS", {"cuda": 0.0})
+    assert qk_prep.wanted("auto", "sage-fused", torch.device("cuda"), lambda device: 0.001)[1].endswith(
+        "K's int8 and V's fp8 steps too, bit-exact")
+
+
 def test_rejects_what_it_was_not_built_for():
     x, norm, cos, sin = _inputs()
     with pytest.raises(ValueError, match="bf16"):

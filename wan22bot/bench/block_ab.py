@@ -1,13 +1,17 @@
-"""The default path with and without the block kernels, alternated in one process, against stock.
+"""The default path with and without one lever, alternated in one process, against stock.
 
 A lever worth a percent or two of an 81-frame forward is as large as the drift of a GPU that
 warms up over a run, so timing one variant after the other can hide it or invent it. Here one
 full-size A14B expert (random weights, timing only) is first timed stock (diffusers' bf16 forward,
 the reference of the error), then converted to the default path (bench/default_path.py:
-`block_kernels` as ModelConfig's default), and for each frame count the forward with the fused
-block (`engine/fused_block.py`) and without it (diffusers' block, left to torch.compile) are timed
-in turn, ABBA, `--rounds` times each; both graphs are compiled before the timing.
-Run: python -m wan22bot.bench.block_ab --frames 81,25 --json out.json
+`block_kernels` as ModelConfig's default), and for each frame count the forward with the lever
+and without it are timed in turn, ABBA, `--rounds` times each; both graphs are compiled before the
+timing. Levers (`--lever`):
+  block_kernels  the fused block (engine/fused_block.py) against diffusers' block, left to
+                 torch.compile
+  kv_quant       K's int8 and V's fp8 steps by engine/kv_quant.py's kernels against torch code,
+                 compiled
+Run: python -m wan22bot.bench.block_ab --lever kv_quant --frames 81,25 --json out.json
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lever", choices=("block_kernels", "kv_quant"), default="block_kernels")
     ap.add_argument("--frames", default="81,25")
     ap.add_argument("--stock-repeat", default="81:2,25:3", help="timed stock forwards per frame count")
     ap.add_argument("--rounds", default="81:4,25:6", help="timed forwards of each variant per frame count")
@@ -60,16 +65,24 @@ def main(argv=None) -> int:
     path = apply_default_path(model, dev)
     results["default_path"] = path
     print(f"default path: {path}", flush=True)
-    if not path["block_kernels"].startswith("triton"):
-        print("the block kernels are not wanted here; nothing to alternate", flush=True)
+    results["lever"] = args.lever
+    needed = "block_kernels" if args.lever == "block_kernels" else "qk_prep"
+    if not path[needed].startswith("triton"):
+        print(f"{needed} is not triton here; nothing to alternate", flush=True)
         save()
         return 1
 
-    def use(fused: bool) -> None:
-        if fused:
-            fused_block.install(model)
-        else:
-            fused_block.uninstall(model)
+    def use(on: bool) -> None:
+        if args.lever == "block_kernels":
+            (fused_block.install if on else fused_block.uninstall)(model)
+            return
+        from ..engine.qk_prep import TritonPrepSageProcessor
+
+        procs = [m.processor for m in model.modules() if isinstance(getattr(m, "processor", None),
+                                                                     TritonPrepSageProcessor)]
+        assert procs, "no Triton-prepared sage-fused processor to switch"
+        for p in procs:
+            p.kv_kernels = on
 
     for f in frames_list:
         for m in model.modules():
@@ -93,7 +106,7 @@ def main(argv=None) -> int:
                 times[fused].append(a.elapsed_time(b) / 1000)
         for fused in (True, False):
             med = statistics.median(times[fused])
-            row = {"variant": "default" if fused else "default without block kernels", "frames": f,
+            row = {"variant": "default" if fused else f"default without {args.lever}", "frames": f,
                    "times_s": times[fused], "median_s": med, "x_vs_stock": stock[f] / med,
                    "rel_err_vs_stock_bf16": rel_err(outs[fused], refs[f])}
             results["rows"].append(row)

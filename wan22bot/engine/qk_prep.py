@@ -12,7 +12,8 @@ round 5):
   5120 channels, then head by head), normalises, rotates the interleaved pairs, and writes int8 Q
   and its scales straight in the kernel's layout. The bf16 Q of the compiled path is never written.
 - K: the same norm and rotation, written as bf16, plus per-program column sums from which the
-  smoothing mean is taken; subtracting it and the int8 step stay in torch code (compiled).
+  smoothing mean is taken; subtracting it and the int8 step are engine/kv_quant.py's kernel (with
+  per-warp scales; per-thread ones stay in torch code, compiled), as is V's fp8 step.
 
 Rounding follows eager PyTorch: the norm's output is rounded to bf16 (torch's RMSNorm computes in
 fp32 and rounds once), the rotation is computed in fp32 on those values and rounded to bf16 again,
@@ -311,6 +312,9 @@ class TritonPrepSageProcessor:
         # CoreAttnProcessor's, since the prep's K mean would only cover one device's tokens there
         self.core = sage_fused_thread_core if per_thread else sage_fused_warp_core
         self.fallback = fallback or CoreAttnProcessor(self.core)
+        # K's int8 and V's fp8 steps by engine/kv_quant.py's kernels; False: torch code, compiled
+        # (what bench.block_ab alternates with)
+        self.kv_kernels = True
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if (encoder_hidden_states is not None or rotary_emb is None or attention_mask is not None
@@ -326,25 +330,44 @@ class TritonPrepSageProcessor:
         """Everything after the q/k/v projections (B, S, H*D), through the output projection."""
         if cross or rotary_emb is None or attention_mask is not None or q.dtype != torch.bfloat16:
             return self.fallback.attend(attn, q, k, v, rotary_emb, attention_mask, cross)
+        from .kv_quant import k_int8, v_fp8
         from .sage_prequant import quantize_v, sage_sm90_prequant
 
         heads = attn.heads
         cos, sin = rotary_emb
         q8, qs = q_int8(q, attn.norm_q.weight, _eps(attn.norm_q, q.dtype), cos, sin, heads, self.per_thread)
         kr, km = k_roped(k, attn.norm_k.weight, _eps(attn.norm_k, k.dtype), cos, sin, heads)
-        k8, ks, _ = quantize_k(kr, self.per_thread, mean=km)
-        v8, vs = quantize_v(v.unflatten(2, (heads, -1)))
+        if self.per_thread or not self.kv_kernels:  # the Triton int8 step of K writes per-block scales only
+            k8, ks, _ = quantize_k(kr, self.per_thread, mean=km)
+        else:
+            k8, ks = k_int8(kr, km)
+        if self.kv_kernels:
+            v8, vs = v_fp8(v, heads)
+        else:
+            v8, vs = quantize_v(v.unflatten(2, (heads, -1)))
         s = q.shape[1]
         out = sage_sm90_prequant(q8, k8, v8, qs, ks, vs, s, kr.shape[-1] ** -0.5, self.per_thread)
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(q)))
 
 
-def install(model: torch.nn.Module, per_thread: bool | None = None) -> int:
+def install(model: torch.nn.Module, per_thread: bool | None = None, kv_kernels: bool | None = None) -> int:
     """Give every attention block of `model` the Triton-prepared `sage-fused` processor (Q/K scales
-    per thread or per warp; None: as `sage-fused` itself, sage_prequant.DEFAULT_PER_THREAD)."""
+    per thread or per warp; None: as `sage-fused` itself, sage_prequant.DEFAULT_PER_THREAD), with
+    K's int8 and V's fp8 steps by engine/kv_quant.py's kernels where they pass their check on the
+    model's device (None) or as told."""
     from .custom_attention import install_processors
 
-    return install_processors(model, lambda: TritonPrepSageProcessor(per_thread))
+    if kv_kernels is None:
+        from . import kv_quant
+
+        kv_kernels = kv_quant.checked(next(model.parameters()).device) is None
+
+    def make():
+        proc = TritonPrepSageProcessor(per_thread)
+        proc.kv_kernels = kv_kernels
+        return proc
+
+    return install_processors(model, make)
 
 
 
@@ -416,7 +439,12 @@ def wanted(setting: str, backend: str, device: torch.device, checker=self_check,
 
         why = checked_once(_CHECKS, device, checker, SELF_CHECK_MAX_ERROR)
         if why is None:
-            return True, f"Triton kernels for Q/K norm, RoPE and int8, self-check error {_CHECKS[str(device)]:.4f}"
+            from . import kv_quant
+
+            kv = kv_quant.checked(device)
+            return True, (f"Triton kernels for Q/K norm, RoPE and int8, self-check error {_CHECKS[str(device)]:.4f}; "
+                          + ("K's int8 and V's fp8 steps too, bit-exact" if kv is None
+                             else f"K's int8 and V's fp8 steps compiled ({kv})"))
     if setting == "triton":
         from ..errors import ModelError
 
