@@ -7,7 +7,7 @@ events, median of `--repeat`):
   v   V -> per-channel amax -> e4m3, transposed and token-permuted, padded to 128 tokens
 for each choice of warps (K) and rows per program x rows per step x channels x warps of the
 maxima kernel / warps of the cast kernel (V), with the defaults (kv_quant.K_WARPS, V_*) marked,
-whether each output equals the torch quantisers' bit for bit, and "ideal": the kernels' own memory
+how many output values differ from the torch quantisers' (eager), and "ideal": the kernels' own memory
 traffic at 4.8 TB/s (V read twice).
 Run: python -m wan22bot.bench.kv_quant --frames 81 --json out.json
 """
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--k-warps", default="4,8,2")
-    ap.add_argument("--v-choices", default="256x16x512x4/4,256x16x512x4/8,512x32x256x4/4,128x8x1024x4/4,256x16x512x8/4",
+    ap.add_argument("--v-choices", default="128x8x1024x4/4,128x8x1024x4/8,256x16x512x4/4,128x16x1024x4/4,64x8x1024x4/4,128x8x512x4/4",
                     help="maxima kernel rows x step x channels x warps / cast kernel warps")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -67,16 +67,19 @@ def main(argv=None) -> int:
                             "v": f"{kq.V_ROWS}x{kq.V_STEP}x{kq.V_CHUNK}x{kq.V_AMAX_WARPS}/{kq.V_WARPS}"},
                "rows": []}
 
-    def exact(kind, got):
-        return all(torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
-                               w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w)
-                   for a, w in zip(got, want[kind], strict=True))
+    def differing(kind, got):
+        """values (int8/fp8 outputs and scales together) that differ from eager torch's"""
+        def raw(t):
+            return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+        return sum(int((raw(a) != raw(w)).sum()) for a, w in zip(got, want[kind], strict=True))
 
     def record(kind, variant, seconds, got):
-        row = {"kernel": kind, "variant": variant, "ms": seconds * 1e3, "bit_exact": exact(kind, got)}
+        row = {"kernel": kind, "variant": variant, "ms": seconds * 1e3, "values_differing": differing(kind, got),
+               "values": sum(w.numel() for w in want[kind])}
         results["rows"].append(row)
-        print(f"{kind} {variant:24s} {row['ms']:7.3f} ms  (ideal {results['ideal_ms'][kind]:.3f})  "
-              f"bit-exact {row['bit_exact']}", flush=True)
+        print(f"{kind} {variant:32s} {row['ms']:7.3f} ms  (ideal {results['ideal_ms'][kind]:.3f})  "
+              f"{row['values_differing']} of {row['values']} values differ from eager torch", flush=True)
 
     t, out = median_seconds(lambda: c_k(k, mean), args.repeat)
     record("k", "compiled", t, out)
