@@ -245,6 +245,7 @@ step_round9() {
     echo "block_ab: exit $? ($(date -u +%H:%M:%S))"
 }
 
+# K's and V's kernels at their defaults against eager torch, then
 # the cold first job at 81 frames on one machine: the calibrating call uncompiled (the generator's
 # way from round 7 on), then compiled as before, each on an empty cache; then a "restart" on the
 # first cache; ~6 min
@@ -252,6 +253,8 @@ step_round9c() {
     local eager compiled
     eager=$(mktemp -d)
     compiled=$(mktemp -d)
+    python3 -m wan22bot.bench.kv_quant --frames 81 --k-warps 4 --v-choices 128x8x1024x4/4 \
+        --json "$OUT/kv-quant81.json"
     python3 -m wan22bot.bench.coldstart --cache "$eager" --frames 81 --json "$OUT/coldstart81-cold-eager.json"
     python3 -m wan22bot.bench.coldstart --cache "$compiled" --frames 81 --compiled-calibration \
         --json "$OUT/coldstart81-cold-compiled.json"
