@@ -31,6 +31,7 @@
 #                                torch code in the default path (bench.block_ab --lever kv_quant); ~6 min
 #   benchmarks/h200.sh round9c   the cold first job at 81 frames, calibrating call uncompiled vs compiled, on
 #                                one machine, then a restart; ~6 min
+#   benchmarks/h200.sh round9e2e photo -> MP4 at 81 frames and under the 32 GiB cap, as round7e2e; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
 #   benchmarks/h200.sh round4    sage-fused against SageAttention's own quantisers (bench.sage_fused), then
@@ -234,6 +235,10 @@ step_round8b() {
 
 step_round8e2e() {
     e2e_and_cap32 round8
+}
+
+step_round9e2e() {
+    e2e_and_cap32 round9
 }
 
 # K's int8 and V's fp8 kernels alone (bench.kv_quant), then the default path with and without
