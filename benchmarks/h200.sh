@@ -31,6 +31,7 @@
 #                                torch code in the default path (bench.block_ab --lever kv_quant); ~6 min
 #   benchmarks/h200.sh round9c   the cold first job at 81 frames, calibrating call uncompiled vs compiled, on
 #                                one machine, then a restart; ~6 min
+#   benchmarks/h200.sh round10   round9's alternated forward, then coldstart81, on one machine; ~8 min
 #   benchmarks/h200.sh round9e2e photo -> MP4 at 81 frames and under the 32 GiB cap, as round7e2e; ~9 min
 #   benchmarks/h200.sh coldstart81 the first compiled call at 81 frames, cold, then after a "restart"
 #   benchmarks/h200.sh cap32     photo -> MP4 at 81 frames under a 32 GiB cap: memory = "auto", then "swap"
@@ -235,6 +236,16 @@ step_round8b() {
 
 step_round8e2e() {
     e2e_and_cap32 round8
+}
+
+# the forward record and the cold first job on one machine, at one commit: the default path with and
+# without the K/V kernels alternated against stock, then an empty cache and a restart; ~8 min.
+# Follow it at once (the machine stays warm for 30 s) with round9e2e for the rest of the targets.
+step_round10() {
+    timeout "${AB_LIMIT:-330}" python3 -m wan22bot.bench.block_ab --lever kv_quant --frames 81,25 \
+        --json "$OUT/kv-ab.json"
+    echo "block_ab: exit $? ($(date -u +%H:%M:%S))"
+    step_coldstart81
 }
 
 step_round9e2e() {
