@@ -5,8 +5,10 @@ Triton kernel, but K's int8 step (subtract the smoothing mean, one scale per 128
 and all of V's fp8 step (one scale per head and channel over the whole sequence, stored transposed
 and token-permuted) were left to torch.compile. In an 81-frame forward on an H200 those compiled
 kernels took about 0.063 s of 40 blocks (docs/perf/2026-11-29-h200-round8-profile81.json, the four
-`..._sage_sm90_prequant_...` and `..._abs_amax_constant_pad_nd_...` rows), about three times their
-memory traffic.
+`..._sage_sm90_prequant_...` and `..._abs_amax_constant_pad_nd_...` rows), over twice what their
+memory traffic needs (0.028 s at 4.8 TB/s). Here (H200, 81 frames, docs/PERFORMANCE.md round 7):
+K 0.406-0.412 ms per block against 0.717-0.776 compiled, V 0.579-0.606 ms against 0.773-0.775;
+the forward 0.0226 s and 0.0299 s faster on two machines (alternated runs).
 
 - `k_int8`: one program per 128 rows of a head: the bf16 rotated K minus its mean, in fp32, then
   int8 by `sage_prequant.quantize_k`'s per-block rule. Rows past S are zeros.
