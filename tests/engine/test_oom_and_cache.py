@@ -121,11 +121,12 @@ def test_qk_prep_setting_reaches_each_expert(monkeypatch):
         return True, "forced by the test"
 
     monkeypatch.setattr(qk_prep, "wanted", wanted)
-    monkeypatch.setattr(qk_prep, "install", lambda model, per_thread=None: installed.append(model))
+    monkeypatch.setattr(qk_prep, "install", lambda model, per_thread=None, device=None: installed.append((model, device)))
     gen = TwoPassGenerator(ModelConfig(qk_prep="triton", device="cpu"))
     gen.load()
     assert asked == [("triton", "sdpa", "cpu", gen.dtype)] * 2
-    assert installed == [gen.components.transformer, gen.components.transformer_2]
+    # the device the expert runs on, not where its parameters are (swap and offload park them)
+    assert installed == [(gen.components.transformer, gen.device), (gen.components.transformer_2, gen.device)]
     assert ModelConfig().qk_prep == "auto"
     with pytest.raises(ValueError, match="qk_prep"):
         ModelConfig(qk_prep="cuda")

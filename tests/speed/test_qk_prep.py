@@ -205,6 +205,12 @@ def test_kv_kernels_are_used_only_where_they_match_the_torch_quantisers(monkeypa
     assert why and "self-check error" in why
     qk_prep.install(model)
     assert not model.blocks[0].attn1.processor.kv_kernels
+    # the verdict is the one for the device the model will run on, not where it is parked
+    monkeypatch.setattr(kv_quant, "_CHECKS", {"cuda:0": 0.0, str(DEV): "the self-check raised RuntimeError: no driver"})
+    qk_prep.install(model, device=torch.device("cuda:0"))
+    assert model.blocks[0].attn1.processor.kv_kernels
+    qk_prep.install(model)
+    assert not model.blocks[0].attn1.processor.kv_kernels
     # the verdict is in what the load logs
     monkeypatch.setattr(qk_prep, "_CHECKS", {})
     monkeypatch.setattr(kv_quant, "_CHECKS", {"cuda": 0.25})

@@ -25,7 +25,7 @@ def apply_default_path(model: torch.nn.Module, device: torch.device, fp8_scaling
     choice = apply_attention_backend(model, attention, device, compiled=True)
     prep, why = qk_prep.wanted(cfg.qk_prep, choice.backend, device)
     if prep:
-        qk_prep.install(model)
+        qk_prep.install(model, device=device)
     fused, fused_why = fused_block.wanted(cfg.block_kernels, model, device, scaling, "fp8")
     if fused:
         fused_block.install(model)

@@ -250,7 +250,7 @@ class TwoPassGenerator:
         for key, choice in (("transformer", high), ("transformer_2", low)):
             use, why = qk_prep.wanted(self.cfg.qk_prep, choice.backend, self.device, dtype=self.dtype)
             if use:
-                qk_prep.install(getattr(comps, key))
+                qk_prep.install(getattr(comps, key), device=self.device)  # swap/offload park it on the CPU
             log.info("%s: Q/K prep %s (%s)", key, "triton" if use else "compiled", why)
         from . import fused_block
 

@@ -350,17 +350,19 @@ class TritonPrepSageProcessor:
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(q)))
 
 
-def install(model: torch.nn.Module, per_thread: bool | None = None, kv_kernels: bool | None = None) -> int:
+def install(model: torch.nn.Module, per_thread: bool | None = None, kv_kernels: bool | None = None,
+            device: torch.device | None = None) -> int:
     """Give every attention block of `model` the Triton-prepared `sage-fused` processor (Q/K scales
     per thread or per warp; None: as `sage-fused` itself, sage_prequant.DEFAULT_PER_THREAD), with
-    K's int8 and V's fp8 steps by engine/kv_quant.py's kernels where they pass their check on the
-    model's device (None) or as told."""
+    K's int8 and V's fp8 steps by engine/kv_quant.py's kernels where they pass their check on
+    `device`, the device the model will run on (None: where its parameters are now; in swap and
+    offload modes they are parked on the CPU at this point), or as `kv_kernels` says."""
     from .custom_attention import install_processors
 
     if kv_kernels is None:
         from . import kv_quant
 
-        kv_kernels = kv_quant.checked(next(model.parameters()).device) is None
+        kv_kernels = kv_quant.checked(device if device is not None else next(model.parameters()).device) is None
 
     def make():
         proc = TritonPrepSageProcessor(per_thread)
