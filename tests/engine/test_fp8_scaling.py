@@ -148,3 +148,24 @@ def test_only_uncalibrated_per_tensor_layers_ask_for_an_eager_call():
     assert fp8.needs_calibration(delayed)
     with fp8.eager_while_calibrating(delayed, compiled=False) as eager:
         assert not eager  # nothing is compiled: nothing to skip
+
+
+def test_a_layer_no_forward_reaches_does_not_keep_later_calls_eager():
+    used = FP8Linear(_layer(5), use_scaled_mm=True, scaling="static")
+    unused = FP8Linear(_layer(6), use_scaled_mm=True, scaling="static")  # e.g. a projection fused away
+    model = torch.nn.ModuleDict({"used": used, "unused": unused})
+    assert fp8.needs_calibration(model)
+    with torch.no_grad():
+        used(torch.randn(8, 64, dtype=torch.bfloat16))
+    assert not unused.calibrated and not fp8.needs_calibration(model)
+    used.reset_calibration()  # a LoRA switch resets them all
+    assert fp8.needs_calibration(model)
+
+
+def test_without_set_stance_the_calibrating_call_compiles_as_before(monkeypatch):
+    """torch before 2.6 has no torch.compiler.set_stance: nothing is forced, nothing fails."""
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    model = torch.nn.Sequential(FP8Linear(_layer(7), use_scaled_mm=True, scaling="static"))
+    with fp8.eager_while_calibrating(model) as eager:
+        assert not eager
+

@@ -182,10 +182,12 @@ class FP8Linear(nn.Module):
 
 
 def needs_calibration(model: nn.Module) -> bool:
-    """Whether a forward of `model` would calibrate: some fp8 matmul layer with a per-tensor input
-    scale (static, delayed) has not seen an input yet."""
-    return any(isinstance(m, FP8Linear) and m.use_scaled_mm and m.scaling != "rowwise" and not m.calibrated
-               for m in model.modules())
+    """Whether the next forward of `model` is its calibrating one: it has fp8 matmul layers with a
+    per-tensor input scale (static, delayed) and none of them has seen an input yet (after a load
+    or a LoRA switch every one is reset, and kept scales come back for all of them or none). A
+    layer that a forward never reaches stays uncalibrated; it does not make later calls eager."""
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear) and m.use_scaled_mm and m.scaling != "rowwise"]
+    return bool(layers) and not any(m.calibrated for m in layers)
 
 
 @contextlib.contextmanager
@@ -201,8 +203,8 @@ def eager_while_calibrating(model: nn.Module, compiled: bool = True):
     chunks, so its fp32 temporaries stay small; an 81-frame job calibrated this way under a
     32 GiB cap.
     """
-    if not compiled or not needs_calibration(model):
-        yield False
+    if not compiled or not needs_calibration(model) or not hasattr(torch.compiler, "set_stance"):
+        yield False  # (set_stance came with torch 2.6; before it the calibrating call compiles)
         return
     with torch.compiler.set_stance("force_eager"):
         yield True
