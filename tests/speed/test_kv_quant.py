@@ -49,6 +49,16 @@ def test_v_fp8_is_quantize_v_bit_for_bit(tokens):
     assert torch.equal(v8.view(torch.uint8), want8.view(torch.uint8)) and torch.equal(vs, wants)
 
 
+def test_negative_values_that_round_to_zero_keep_their_sign():
+    """-0 in e4m3 is 0x80: small negatives round to it, as torch's cast gives them."""
+    _, v = _kv(40, heads=1, seed=3)
+    v[0, :8, :] = torch.tensor([-0.0, -1e-6, -3e-4, 1e-6, -0.0, 2e-6, -5e-7, -1e-5], dtype=torch.bfloat16)[:, None]
+    v8, vs = kv_quant.v_fp8(v, 1)
+    want8, wants = quantize_v(v.unflatten(2, (1, -1)))
+    assert int((want8.view(torch.uint8) == 0x80).sum()) > 0  # the case is there
+    assert torch.equal(v8.view(torch.uint8), want8.view(torch.uint8)) and torch.equal(vs, wants)
+
+
 def test_v_fp8_puts_each_token_where_the_fp8_mma_reads_it():
     """Independently of quantize_v: token PERM16[p] of each 16 sits at position p, channels become
     rows, and the largest value of each channel becomes 448."""

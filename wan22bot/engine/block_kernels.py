@@ -65,7 +65,9 @@ if triton is not None:
         if HW:
             return v.to(tl.float8e4nv)
         else:
-            return e4m3_round(v).to(tl.float8e4nv)
+            r = e4m3_round(v)
+            # the rounding's add and subtract turn -0 into +0; the cast keeps the sign of zero
+            return tl.where(r == 0.0, v * 0.0, r).to(tl.float8e4nv)
 
     @triton.jit
     def _vec(ptr, cols, mask):
