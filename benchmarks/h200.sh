@@ -242,10 +242,13 @@ step_round8e2e() {
 # without the K/V kernels alternated against stock, then an empty cache and a restart; ~8 min.
 # Follow it at once (the machine stays warm for 30 s) with round9e2e for the rest of the targets.
 step_round10() {
+    local cache
+    cache=$(mktemp -d)
     timeout "${AB_LIMIT:-330}" python3 -m wan22bot.bench.block_ab --lever kv_quant --frames 81,25 \
-        --json "$OUT/kv-ab.json"
+        --json "$OUT/kv-ab-round10.json"
     echo "block_ab: exit $? ($(date -u +%H:%M:%S))"
-    step_coldstart81
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --frames 81 --json "$OUT/coldstart81-cold-round10.json"
+    python3 -m wan22bot.bench.coldstart --cache "$cache" --frames 81 --json "$OUT/coldstart81-warm-round10.json"
 }
 
 step_round9e2e() {
