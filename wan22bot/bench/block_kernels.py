@@ -22,8 +22,6 @@ import json
 import sys
 import time
 
-HBM_BYTES_PER_S = 4.8e12  # H200
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +37,7 @@ def main(argv=None) -> int:
     import torch
 
     from ..engine import block_kernels as bk
-    from .cuda_timer import median_seconds
+    from .cuda_timer import HBM_BYTES_PER_S, median_seconds
 
     dev = torch.device("cuda")
     c, ffn = 5120, 13824

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import statistics
 
+# the H200's memory bandwidth: the "ideal" time of a kernel is its own memory traffic at this rate
+HBM_BYTES_PER_S = 4.8e12
+
 
 def median_seconds(fn, repeat: int, warmup: int = 1):
     """(median seconds of `repeat` timed calls of fn(), the output of the last of `warmup` untimed

@@ -19,8 +19,6 @@ import json
 import sys
 import time
 
-HBM_BYTES_PER_S = 4.8e12  # H200
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +34,7 @@ def main(argv=None) -> int:
 
     from ..engine import kv_quant as kq
     from ..engine.sage_prequant import quantize_k, quantize_v
-    from .cuda_timer import median_seconds
+    from .cuda_timer import HBM_BYTES_PER_S, median_seconds
 
     dev = torch.device("cuda")
     heads, d = 40, 128

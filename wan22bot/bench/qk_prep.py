@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from ..engine import qk_prep
     from ..engine.custom_attention import rotary
     from ..engine.sage_prequant import DEFAULT_PER_THREAD, quantize_k, quantize_q
-    from .cuda_timer import median_seconds
+    from .cuda_timer import HBM_BYTES_PER_S, median_seconds
 
     dev = torch.device("cuda")
     per_thread = args.per_thread or DEFAULT_PER_THREAD
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     result["compiled_q_ms"] = timed(lambda: compiled_q(xq))
     result["compiled_k_ms"] = timed(lambda: compiled_k(xk))
     print(f"compiled: Q {result['compiled_q_ms']:.3f} ms, K {result['compiled_k_ms']:.3f} ms", flush=True)
-    ideal = {"q": (2 * s * c * 2 + s * c) / 4.8e12 * 1e3, "k": (3 * s * c * 2 + s * c * 3) / 4.8e12 * 1e3}
+    ideal = {"q": (2 * s * c * 2 + s * c) / HBM_BYTES_PER_S * 1e3, "k": (3 * s * c * 2 + s * c * 3) / HBM_BYTES_PER_S * 1e3}
     result["bytes_note"] = ("ideal_ms: the kernels' own traffic at 4.8 TB/s (the H200's peak): Q reads the "
                             "projection twice and writes int8; K reads twice, writes bf16, then the int8 step "
                             "reads it and writes int8")

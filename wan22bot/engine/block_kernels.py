@@ -27,12 +27,12 @@ PyTorch. On the GPU a one-call self-check at load does the same.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
 from .fp8_linear import E4M3_MAX, quantize_static
+from .qk_prep import _on
 
 try:  # CUDA builds of torch ship Triton; without it `available()` says why
     import triton
@@ -186,8 +186,6 @@ def _hw(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
-def _on(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _tiles(c: int) -> tuple[int, int]:

@@ -26,11 +26,11 @@ Offsets are computed in 64 bits, so long videos need no fallback.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
+from .block_kernels import _hw, _on
 from .sage_prequant import AMAX_FLOOR, CTA_K, FP8_MAX, INT8_MAX
 
 try:  # CUDA builds of torch ship Triton
@@ -106,16 +106,6 @@ def available() -> str | None:
 # V's maxima: rows per program and per step, channels per program
 V_ROWS, V_STEP, V_CHUNK, V_AMAX_WARPS = 128, 8, 1024, 4  # H200, 81 frames: 0.598 ms (256x16x512: 0.671)
 K_WARPS, V_WARPS = 4, 4  # K: 0.420 ms (8 warps 0.441, 2 warps 0.581); compiled K 0.671, V 0.716
-
-
-def _on(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _hw(device: torch.device) -> bool:
-    from .block_kernels import _hw as hw
-
-    return hw(device)
 
 
 @torch.library.custom_op("wan22bot::k_int8", mutates_args=())
