@@ -202,7 +202,8 @@ class Mp4Writer:
                     stream.bit_rate = int(s.bitrate)
                 if codec == "libx264":
                     # Frame threads (x264's and the ffmpeg tool's default; PyAV asks for slices):
-                    # higher throughput, and the stream is still deterministic per thread count.
+                    # higher throughput. Two lossy encodes are not promised to be bit-identical
+                    # (one such pair differed on a loaded 2-core machine); the tests compare lossless.
                     cc.thread_type = "FRAME"
                     cc.thread_count = int(s.threads)
                 stream.options = _codec_options(codec, s)

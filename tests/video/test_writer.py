@@ -64,8 +64,13 @@ def test_x264_threads_are_set_explicitly(tmp_path, threads):
 
 
 def test_chunks_through_the_thread_equal_the_one_shot_file(tmp_path):
+    """Every frame arrives once, in order, untouched, however the producer cuts the clip.
+
+    Lossless (crf 0), so the decoded frames must equal the input planes exactly: a lossy stream
+    made with two frame threads was seen to differ by a few code values between two encodes on a
+    loaded 2-core machine, which says nothing about the chunking, so it is not what we compare."""
     frames = moving_frames(11, H, W)
-    settings = EncodeSettings(encoder="libx264", crf=20, preset="veryfast", threads=2)
+    settings = EncodeSettings(encoder="libx264", crf=0, preset="veryfast", threads=2)
     one = tmp_path / "one.mp4"
     with Mp4Writer(one, W, H, 16, settings) as w:
         w.write_rgb(frames)
@@ -77,7 +82,9 @@ def test_chunks_through_the_thread_equal_the_one_shot_file(tmp_path):
     size = enc.finish()
     assert size == streamed.stat().st_size
     assert not enc.alive and enc.busy > 0
-    assert np.array_equal(decoded_planes(streamed), decoded_planes(one))
+    expected = packed(*planes_of(frames))
+    assert np.array_equal(decoded_planes(one), expected)
+    assert np.array_equal(decoded_planes(streamed), expected)
     assert not list(tmp_path.glob(".*.part"))
 
 
