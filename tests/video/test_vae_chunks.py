@@ -33,6 +33,19 @@ def test_chunks_equal_the_stock_decode(vae, t):
 
 
 @torch.no_grad()
+def test_a_vae_that_never_ran_streams_too():
+    """diffusers makes the frame loop's cache in clear_cache(), not at construction: a VAE fresh
+    from its constructor (no encode or decode yet) must still stream, not fall back to one chunk."""
+    torch.manual_seed(3)
+    fresh = AutoencoderKLWan(**VAE_CONFIG).eval()
+    assert not hasattr(fresh, "_feat_map")
+    z = latents(3, seed=5)
+    chunks = list(decode_video_chunks(fresh, z))
+    assert [c.shape[2] for c in chunks] == [1, 4, 4]
+    assert torch.equal(torch.cat(chunks, dim=2), fresh.decode(z, return_dict=False)[0])
+
+
+@torch.no_grad()
 def test_stopping_early_leaves_the_vae_clean(vae):
     z = latents(3, seed=1)
     it = decode_video_chunks(vae, z)

@@ -20,7 +20,10 @@ import torch
 
 from .timing import synchronize
 
-_LOOP_PARTS = ("clear_cache", "post_quant_conv", "decoder", "_feat_map", "_conv_idx")
+_LOOP_PARTS = ("clear_cache", "post_quant_conv", "decoder")
+# The loop's feature cache: diffusers creates these in clear_cache(), not in __init__, so a VAE
+# that has never encoded or decoded has none until decode_video_chunks calls it.
+_CACHE_PARTS = ("_feat_map", "_conv_idx")
 
 
 def can_stream(vae, z: torch.Tensor) -> bool:
@@ -38,13 +41,14 @@ def can_stream(vae, z: torch.Tensor) -> bool:
 
 def decode_video_chunks(vae, z: torch.Tensor) -> Iterator[torch.Tensor]:
     """Denormalised latents (B, C, T, h, w) -> video chunks (B, 3, f, H, W) in [-1, 1], in order."""
-    if not can_stream(vae, z):
+    if can_stream(vae, z):
+        vae.clear_cache()
+    if not can_stream(vae, z) or not all(hasattr(vae, name) for name in _CACHE_PARTS):
         yield vae.decode(z, return_dict=False)[0]
         return
     patch = getattr(vae.config, "patch_size", None)
     if patch is not None:
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-    vae.clear_cache()
     try:
         x = vae.post_quant_conv(z)
         for i in range(z.shape[2]):
