@@ -301,6 +301,7 @@ async def test_a_trickling_result_is_dropped_with_408_and_its_temp_file_removed(
     parts, _, _ = done_parts(job, tmp_path, noise=True, n=24)
     body = body_of(parts)
     put = RawPut(front.source.port, job.id, body)
+    t0 = time.monotonic()  # before the request starts: the server's 1 s body deadline runs from then on
     await put.open(first_bytes=len(body) - 200)  # the video part is open: a temp file exists
     await wait_until(lambda: leftovers(front) != [])
 
@@ -312,7 +313,6 @@ async def test_a_trickling_result_is_dropped_with_408_and_its_temp_file_removed(
             except ConnectionError:
                 return
 
-    t0 = time.monotonic()
     task = asyncio.create_task(trickle())
     try:
         status, answer = await put.status()

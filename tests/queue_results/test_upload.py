@@ -84,9 +84,13 @@ async def test_a_front_that_is_down_at_first_gets_the_result_once_it_is_up(open_
     video, sidecar, mp4, _ = rendered(tmp_path)
     t0 = time.monotonic()
     task = asyncio.create_task(uploaders(port).deliver(outcome(job), video, sidecar))
-    await asyncio.sleep(1.5)  # the first try and the one after 1 s both fail
+    # the first try and the one after 1 s both fail (waited for, not slept on: a loaded machine may
+    # be late with the second)
+    deadline = time.monotonic() + BOUND
+    while len(logged(caplog, logging.WARNING, "cannot be reached")) < 2:
+        assert time.monotonic() < deadline and not task.done(), "no second failed try"
+        await asyncio.sleep(0.01)
     assert not task.done()
-    assert len(logged(caplog, logging.WARNING, "cannot be reached")) >= 2
     src = HttpSource(front.source.cfg, front.queue)
     await src.start()
     front.source = src  # stopped by the fixture

@@ -1,7 +1,9 @@
 """One front, two workers, one Redis, as real processes (conftest.py): the issue's "done when".
 
 The tests share one cluster (starting the processes is the slow part) and run in file order; each
-leaves every process up and idle for the next. w2 runs as systemd runs a unit: sd_notify to a
+leaves every process up and idle for the next. Under xdist they stay together on one worker
+(`xdist_group`, with `.ci/run`'s `--dist loadgroup`): split, a second worker would start a cluster
+of its own, and a test there would find none of the history its predecessors made. w2 runs as systemd runs a unit: sd_notify to a
 socket, the HTTP token from a credential file rather than the environment.
 """
 
@@ -17,7 +19,7 @@ import pytest
 
 from .conftest import CLAIM_TIMEOUT, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 
 def assert_one_video_each(cluster, jobs: dict[str, dict], photos: list[str]) -> None:
@@ -79,6 +81,13 @@ def test_w2_speaks_sd_notify_and_took_its_token_from_the_credential(cluster):
     ready = [g for g in got if g.fields.get("READY") == "1"]
     assert len(ready) == 1 and ready[0].fields.get("STATUS") == "worker w2: idle", [g.fields for g in got]
     assert {g.pid for g in got} == {w2.proc.pid}
+
+    def three_pings():
+        got = cluster.notify.snapshot()
+        return got if sum(g.fields.get("WATCHDOG") == "1" for g in got) >= 3 else None
+
+    # WATCHDOG_USEC is 1 s, so pings come about every 0.5 s: three soon after w2 started, whenever this runs
+    got = wait_until(three_pings, 10, "three watchdog pings from w2", w2)
     pings = [g.t for g in got if g.fields.get("WATCHDOG") == "1"]
     assert len(pings) >= 3 and max(b - a for a, b in zip(pings, pings[1:])) < 2.0
     # STATUS followed the jobs it ran (the first test gave it some)

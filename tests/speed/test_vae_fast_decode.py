@@ -116,7 +116,11 @@ def test_every_frame_of_a_five_latent_frame_decode_matches_and_a_cache_bug_would
 @torch.no_grad()
 def test_the_streamed_decode_runs_on_it_unchanged(wan21):
     z = latents(5, seed=3)
-    stock = list(decode_video_chunks(wan21, z))
+    # The reference in the same memory layout: a channels-last and a contiguous convolution take
+    # different CPU algorithms (1.19e-5 apart with oneDNN limited to AVX2), which is not the subject.
+    reference = copy.deepcopy(wan21)
+    to_channels_last(reference)
+    stock = list(decode_video_chunks(reference, z))
     vae, _ = fast_copy(wan21, channels_last=True)
     chunks = list(decode_video_chunks(vae, z))
     assert [c.shape[2] for c in chunks] == [c.shape[2] for c in stock] == [1, 4, 4, 4, 4]
