@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 from .conftest import SEED, SIZES, child_env, content_for, fetch, partial_of, served, spawn
 
@@ -213,9 +214,7 @@ async def test_offline_mode_is_one_line(hub, tmp_path):
 
 
 async def test_hub_unreachable_is_one_line(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there, and no other test's server is handed it
     run = await fetch(f"http://127.0.0.1:{port}", tmp_path, "--dest", str(tmp_path / "m"))
     assert run.rc == 4
     lines = run.stderr.strip().splitlines()

@@ -4,12 +4,11 @@ diffusers upgrade lifts that, this test fails: then the CPU tests can cover the 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 
+from tests.ports import free_port
 from wan22bot.engine.tiny import TRANSFORMER_CONFIG
 from wan22bot.gpus.split import use_diffusers_context_parallel
 
@@ -21,9 +20,7 @@ def test_diffusers_context_parallel_cannot_build_its_mesh_on_a_cpu_only_torch():
     assert not torch.cuda.is_available()
     # set_attention_backend also sets diffusers' process-wide default: put it back for later tests
     before, _ = _AttentionBackendRegistry.get_active_backend()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # outside the ephemeral range and this worker's alone: no other server takes it
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         model = WanTransformer3DModel(**TRANSFORMER_CONFIG).eval()
