@@ -38,10 +38,11 @@ def main(argv=None) -> int:
 
     from ..engine import block_kernels as bk
     from .cuda_timer import HBM_BYTES_PER_S, median_seconds
+    from .levers import tokens
 
     dev = torch.device("cuda")
     c, ffn = 5120, 13824
-    s = ((args.frames - 1) // 4 + 1) * (1216 // 16) * (832 // 16)
+    s = tokens(args.frames)
     g = torch.Generator(device=dev).manual_seed(0)
 
     def rnd(*shape, scale=1.0):

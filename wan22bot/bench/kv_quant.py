@@ -35,11 +35,12 @@ def main(argv=None) -> int:
     from ..engine import kv_quant as kq
     from ..engine.sage_prequant import quantize_k, quantize_v
     from .cuda_timer import HBM_BYTES_PER_S, median_seconds
+    from .levers import tokens
 
     dev = torch.device("cuda")
     heads, d = 40, 128
     c = heads * d
-    s = ((args.frames - 1) // 4 + 1) * (1216 // 16) * (832 // 16)
+    s = tokens(args.frames)
     g = torch.Generator(device=dev).manual_seed(0)
     spread = 1 + 3 * torch.rand(c, generator=g, device=dev)
     k = (torch.randn(1, s, c, generator=g, device=dev) * spread + 0.5).to(torch.bfloat16).unflatten(2, (heads, d))
