@@ -41,9 +41,10 @@ def can_stream(vae, z: torch.Tensor) -> bool:
 
 def decode_video_chunks(vae, z: torch.Tensor) -> Iterator[torch.Tensor]:
     """Denormalised latents (B, C, T, h, w) -> video chunks (B, 3, f, H, W) in [-1, 1], in order."""
-    if can_stream(vae, z):
+    streamable = can_stream(vae, z)
+    if streamable:
         vae.clear_cache()
-    if not can_stream(vae, z) or not all(hasattr(vae, name) for name in _CACHE_PARTS):
+    if not streamable or not all(hasattr(vae, name) for name in _CACHE_PARTS):
         yield vae.decode(z, return_dict=False)[0]
         return
     patch = getattr(vae.config, "patch_size", None)
