@@ -186,8 +186,6 @@ def _hw(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
-
-
 def _tiles(c: int) -> tuple[int, int]:
     """The row's channels as two power-of-two tiles: 5120 = 4096 + 1024, 3072 = 2048 + 1024; a
     power of two splits in halves. The second tile masks whatever the first leaves over."""
